@@ -1,0 +1,50 @@
+// swift-tools-version:6.1
+import PackageDescription
+
+// Release builds of the numeric targets skip bounds and overflow checks: every hot loop
+// already runs over unsafe buffers whose extents are checked once at the op boundary.
+let numericSettings: [SwiftSetting] = [
+    .unsafeFlags(["-Ounchecked", "-wmo"], .when(configuration: .release)),
+    .swiftLanguageMode(.v5),
+]
+let settings: [SwiftSetting] = [.swiftLanguageMode(.v5)]
+
+let package = Package(
+    name: "kd",
+    platforms: [.macOS(.v14)],
+    products: [
+        .executable(name: "kd", targets: ["kd"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
+    ],
+    targets: [
+        // OpenBLAS (cblas) and LAPACKE from the system.
+        .systemLibrary(
+            name: "COpenBLAS",
+            providers: [.apt(["libopenblas-dev", "liblapacke-dev"])]
+        ),
+        // Tensors, devices, device groups, BLAS and SIMD kernels.
+        .target(name: "KDCore", dependencies: ["COpenBLAS"], swiftSettings: numericSettings),
+        // safetensors, model configs, Qwen3 / Qwen3-MoE, LoRA, placement.
+        .target(name: "KDModels", dependencies: ["KDCore"], swiftSettings: numericSettings),
+        // Run config and memory plan (training lands here).
+        .target(
+            name: "KDTrain",
+            dependencies: ["KDCore", "KDModels", .product(name: "Yams", package: "Yams")],
+            swiftSettings: numericSettings
+        ),
+        // The command-line interface: argument parsing and output only.
+        .executableTarget(
+            name: "kd",
+            dependencies: [
+                "KDCore", "KDModels", "KDTrain",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            swiftSettings: settings
+        ),
+        .testTarget(name: "KDCoreTests", dependencies: ["KDCore"], swiftSettings: settings),
+        .testTarget(name: "KDModelsTests", dependencies: ["KDCore", "KDModels"], swiftSettings: settings),
+    ]
+)

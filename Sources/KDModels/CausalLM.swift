@@ -1,0 +1,158 @@
+import Foundation
+import KDCore
+
+/// A decoder-only language model placed on a device group: the embedding on the first device,
+/// contiguous stages of decoder layers, the final norm and lm_head on the last device.
+/// Activations cross from stage to stage with `Tensor.to(_:)`.
+public final class CausalLM {
+    public let spec: ModelSpec
+    public let group: DeviceGroup
+    public let placement: Placement
+    public let embedding: Tensor
+    public let layers: [DecoderLayer]
+    public let finalNorm: Tensor
+    /// The output projection [vocab, hidden]; a copy of the embedding when tied and placed apart.
+    public let lmHead: Tensor
+
+    init(spec: ModelSpec, group: DeviceGroup, placement: Placement, embedding: Tensor, layers: [DecoderLayer],
+         finalNorm: Tensor, lmHead: Tensor) {
+        self.spec = spec
+        self.group = group
+        self.placement = placement
+        self.embedding = embedding
+        self.layers = layers
+        self.finalNorm = finalNorm
+        self.lmHead = lmHead
+    }
+
+    /// Places the checkpoint on `group` and loads each stage's weights onto its device. The plan
+    /// is checked against every device's budget before any weight is read.
+    public static func load(_ checkpoint: Checkpoint, on group: DeviceGroup) throws -> CausalLM {
+        try checkpoint.validate()
+        let spec = checkpoint.spec
+        let placement = Placement(spec: spec, deviceCount: group.count)
+        try placement.checkCapacity(of: group)
+        var layers: [DecoderLayer] = []
+        var embedding: Tensor?
+        var finalNorm: Tensor?
+        var lmHead: Tensor?
+        for stage in placement.stages {
+            let device = group.devices[stage.deviceIndex]
+            try device.run {
+                if stage.holdsEmbedding { embedding = try checkpoint.load("model.embed_tokens.weight", on: device) }
+                for index in stage.layers {
+                    layers.append(try loadLayer(index, from: checkpoint, spec: spec, on: device))
+                }
+                if stage.holdsHead {
+                    finalNorm = try checkpoint.load("model.norm.weight", on: device)
+                    lmHead = spec.tieWordEmbeddings
+                        ? try embedding.map { try $0.to(device) } ?? checkpoint.load("model.embed_tokens.weight", on: device)
+                        : try checkpoint.load("lm_head.weight", on: device)
+                }
+            }
+        }
+        return CausalLM(spec: spec, group: group, placement: placement, embedding: embedding!, layers: layers,
+                        finalNorm: finalNorm!, lmHead: lmHead!)
+    }
+
+    static func loadLayer(_ index: Int, from checkpoint: Checkpoint, spec: ModelSpec, on device: Device) throws -> DecoderLayer {
+        let p = "model.layers.\(index)."
+        func tensor(_ name: String) throws -> Tensor { try checkpoint.load(p + name, on: device) }
+        func linear(_ name: String) throws -> Linear { Linear(name: p + name, weight: try tensor(name + ".weight")) }
+        func mlp(_ prefix: String) throws -> MLP {
+            MLP(gateProj: try linear(prefix + "gate_proj"), upProj: try linear(prefix + "up_proj"),
+                downProj: try linear(prefix + "down_proj"))
+        }
+        let attention = Attention(
+            qProj: try linear("self_attn.q_proj"), kProj: try linear("self_attn.k_proj"),
+            vProj: try linear("self_attn.v_proj"), oProj: try linear("self_attn.o_proj"),
+            qNorm: try tensor("self_attn.q_norm.weight"), kNorm: try tensor("self_attn.k_norm.weight"),
+            heads: spec.numHeads, kvHeads: spec.numKVHeads, headDim: spec.headDim, eps: spec.rmsNormEps)
+        let feedForward: FeedForward
+        switch spec.feedForward[index] {
+        case .dense:
+            feedForward = .dense(try mlp("mlp."))
+        case .sparse(let experts, let topK, _, let normalize):
+            feedForward = .sparse(SparseMoE(
+                router: try tensor("mlp.gate.weight"), experts: try (0..<experts).map { try mlp("mlp.experts.\($0).") },
+                topK: topK, normalizeTopK: normalize))
+        }
+        return DecoderLayer(
+            index: index, inputNorm: try tensor("input_layernorm.weight"), attention: attention,
+            postAttentionNorm: try tensor("post_attention_layernorm.weight"), feedForward: feedForward,
+            eps: spec.rmsNormEps)
+    }
+
+    public var firstDevice: Device { embedding.device }
+    public var lastDevice: Device { lmHead.device }
+
+    /// Every linear layer, in layer order (where LoRA adapters attach).
+    public var linears: [Linear] { layers.flatMap(\.linears) }
+
+    func checkTokens(_ batch: TokenBatch) throws {
+        for (i, id) in batch.inputIDs.enumerated() where id < 0 || Int(id) >= spec.vocabSize {
+            throw KDError(
+                "token id \(id) at row \(i / max(1, batch.sequenceLength)), position \(i % max(1, batch.sequenceLength)) "
+                    + "is outside the vocabulary (vocab_size \(spec.vocabSize))")
+        }
+    }
+
+    /// The final-normed hidden states [rows, hidden] on the last device.
+    public func hiddenStates(_ batch: TokenBatch) throws -> Tensor {
+        try checkTokens(batch)
+        let context = ForwardContext(batch: batch, headDim: spec.headDim, ropeTheta: spec.ropeTheta)
+        let hidden = spec.hiddenSize
+        var x = try firstDevice.run { [self] in
+            let x = try Tensor(uninitializedShape: [batch.tokenCount, hidden], on: firstDevice)
+            for (row, id) in batch.inputIDs.enumerated() {
+                (x.data + row * hidden).update(from: embedding.data + Int(id) * hidden, count: hidden)
+            }
+            return x
+        }
+        for stage in placement.stages where !stage.layers.isEmpty {
+            let device = group.devices[stage.deviceIndex]
+            x = try x.to(device)
+            try device.run { [self] in
+                for layer in layers[stage.layers] { try layer.forward(x, context: context) }
+            }
+        }
+        x = try x.to(lastDevice)
+        let input = x
+        return try lastDevice.run { [self] in
+            let normed = try Tensor(uninitializedShape: input.shape, on: lastDevice)
+            Kernels.rmsNorm(input.data, weight: finalNorm.data, rows: batch.tokenCount, cols: hidden,
+                            eps: spec.rmsNormEps, into: normed.data)
+            return normed
+        }
+    }
+
+    /// Logits [rows, vocab] for the given rows of final hidden states, on the last device.
+    public func project(_ hidden: UnsafePointer<Float>, rows: Int, into logits: UnsafeMutablePointer<Float>) {
+        BLAS.linear(hidden, rows: rows, inFeatures: spec.hiddenSize, weight: lmHead.data, outFeatures: spec.vocabSize,
+                    into: logits)
+    }
+
+    /// Full logits [batch·sequence, vocab] on the last device.
+    public func logits(_ batch: TokenBatch) throws -> Tensor {
+        let hidden = try hiddenStates(batch)
+        return try lastDevice.run { [self] in
+            let logits = try Tensor(uninitializedShape: [batch.tokenCount, spec.vocabSize], on: lastDevice)
+            project(hidden.data, rows: batch.tokenCount, into: logits.data)
+            return logits
+        }
+    }
+}
+
+extension Placement {
+    /// Fails before anything is loaded when a stage's parameters exceed its device's budget.
+    public func checkCapacity(of group: DeviceGroup) throws {
+        for (stage, line) in zip(stages, describe(devices: group.devices)) {
+            let device = group.devices[stage.deviceIndex]
+            if let capacity = device.capacity, stage.parameterBytes > capacity {
+                throw KDError(
+                    "\(device): its stage needs \(formatBytes(stage.parameterBytes)) of parameters but its budget is "
+                        + "\(formatBytes(capacity)) (\(line)); add devices or raise memory_per_device")
+            }
+        }
+    }
+}

@@ -1,0 +1,287 @@
+import Foundation
+import KDCore
+
+/// The element types kd reads from and writes to safetensors files.
+public enum DType: String, Sendable, CaseIterable {
+    case f32 = "F32", bf16 = "BF16", f16 = "F16", i64 = "I64", i32 = "I32", u8 = "U8"
+
+    public var size: Int {
+        switch self {
+        case .f32, .i32: 4
+        case .bf16, .f16: 2
+        case .i64: 8
+        case .u8: 1
+        }
+    }
+
+    /// Whether kd can compute with tensors of this type (widening to f32).
+    public var isFloatingPoint: Bool { self == .f32 || self == .bf16 || self == .f16 }
+}
+
+/// A read-only memory mapping of a whole file; unmapped when the last tensor borrowing it is gone.
+final class MappedFile: @unchecked Sendable {
+    let base: UnsafeMutableRawPointer
+    let size: Int
+
+    init(path: String) throws {
+        let fd = open(path, O_RDONLY)
+        guard fd >= 0 else { throw KDError("\(path): cannot open (\(String(cString: strerror(errno))))") }
+        defer { close(fd) }
+        var info = stat()
+        guard fstat(fd, &info) == 0 else { throw KDError("\(path): cannot stat") }
+        size = Int(info.st_size)
+        guard size > 0 else {
+            base = UnsafeMutableRawPointer.allocate(byteCount: 1, alignment: 8)
+            return
+        }
+        // Private and writable so a borrowed f32 tensor can have a mutable pointer type; kd never
+        // writes through it, so no page is ever copied.
+        guard let mapped = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0), mapped != MAP_FAILED else {
+            throw KDError("\(path): cannot memory-map (\(String(cString: strerror(errno))))")
+        }
+        base = mapped
+    }
+
+    deinit {
+        if size > 0 { munmap(base, size) } else { base.deallocate() }
+    }
+}
+
+/// One tensor's entry in a safetensors header.
+public struct TensorInfo: Sendable {
+    public let name: String
+    public let dtype: DType
+    public let shape: [Int]
+    /// Byte range within the file (already offset past the header).
+    public let byteRange: Range<Int>
+
+    public var count: Int { shape.reduce(1, *) }
+}
+
+/// A safetensors file: its header parsed and checked, its data memory-mapped.
+public final class SafetensorsFile: @unchecked Sendable {
+    public let path: String
+    public let tensors: [String: TensorInfo]
+    public let metadata: [String: String]
+    let file: MappedFile
+
+    public init(path: String) throws {
+        self.path = path
+        guard FileManager.default.fileExists(atPath: path) else { throw KDError("\(path): no such file") }
+        file = try MappedFile(path: path)
+        let size = file.size
+        guard size >= 8 else { throw KDError("\(path): truncated safetensors file (\(size) bytes, no header)") }
+        let headerLength = Int(UInt64(littleEndian: file.base.loadUnaligned(as: UInt64.self)))
+        guard headerLength <= size - 8 else {
+            throw KDError("\(path): header length \(headerLength) runs past the end of the file (\(size) bytes): truncated or not safetensors")
+        }
+        let headerData = Data(bytes: file.base + 8, count: headerLength)
+        guard let header = try? JSONSerialization.jsonObject(with: headerData) as? [String: Any] else {
+            throw KDError("\(path): header is not a JSON object: not a safetensors file")
+        }
+        let dataStart = 8 + headerLength
+        var tensors: [String: TensorInfo] = [:]
+        var metadata: [String: String] = [:]
+        for (name, value) in header {
+            if name == "__metadata__" {
+                metadata = (value as? [String: String]) ?? [:]
+                continue
+            }
+            guard let entry = value as? [String: Any], let dtypeName = entry["dtype"] as? String,
+                let shape = entry["shape"] as? [Int], let offsets = entry["data_offsets"] as? [Int], offsets.count == 2
+            else { throw KDError("\(path): tensor '\(name)': malformed header entry") }
+            guard let dtype = DType(rawValue: dtypeName) else {
+                throw KDError("\(path): tensor '\(name)': unsupported dtype \(dtypeName) (kd reads F32, BF16, F16)")
+            }
+            let count = shape.reduce(1, *)
+            guard shape.allSatisfy({ $0 >= 0 }), offsets[0] >= 0, offsets[1] >= offsets[0],
+                offsets[1] - offsets[0] == count * dtype.size
+            else {
+                throw KDError("\(path): tensor '\(name)': data_offsets \(offsets) do not hold \(shape) of \(dtypeName)")
+            }
+            guard dataStart + offsets[1] <= size else {
+                throw KDError("\(path): tensor '\(name)': data runs past the end of the file (\(size) bytes): the file is truncated")
+            }
+            tensors[name] = TensorInfo(
+                name: name, dtype: dtype, shape: shape, byteRange: (dataStart + offsets[0])..<(dataStart + offsets[1]))
+        }
+        self.tensors = tensors
+        self.metadata = metadata
+    }
+
+    /// Loads a floating-point tensor onto `device` as f32. An aligned f32 tensor borrows the
+    /// mapped file (no copy); BF16 and F16 are widened.
+    public func load(_ name: String, on device: Device) throws -> Tensor {
+        guard let info = tensors[name] else { throw KDError("\(path): no tensor '\(name)'") }
+        let source = UnsafeRawPointer(file.base + info.byteRange.lowerBound)
+        switch info.dtype {
+        case .f32:
+            if Int(bitPattern: source) % MemoryLayout<Float>.alignment == 0 {
+                let pointer = UnsafeMutableRawPointer(mutating: source).assumingMemoryBound(to: Float.self)
+                let storage = try Storage(borrowing: pointer, count: info.count, owner: file, device: device)
+                return Tensor(storage: storage, shape: info.shape)
+            }
+            let tensor = try Tensor(uninitializedShape: info.shape, on: device)
+            UnsafeMutableRawPointer(tensor.data).copyMemory(from: source, byteCount: info.count * 4)
+            return tensor
+        case .bf16:
+            let tensor = try Tensor(uninitializedShape: info.shape, on: device)
+            Conversion.widenBF16(source, into: tensor.data, count: info.count)
+            return tensor
+        case .f16:
+            let tensor = try Tensor(uninitializedShape: info.shape, on: device)
+            Conversion.widenF16(source, into: tensor.data, count: info.count)
+            return tensor
+        default:
+            throw KDError("\(path): tensor '\(name)': dtype \(info.dtype.rawValue) is not a floating-point weight (kd reads F32, BF16, F16)")
+        }
+    }
+
+    /// The raw bytes of a tensor of any dtype (for integer tensors such as an attention mask).
+    public func bytes(_ name: String) throws -> Data {
+        guard let info = tensors[name] else { throw KDError("\(path): no tensor '\(name)'") }
+        return Data(bytes: file.base + info.byteRange.lowerBound, count: info.byteRange.count)
+    }
+}
+
+/// Conversions between f32 and the 16-bit float formats of checkpoints.
+public enum Conversion {
+    public static func widenBF16(_ source: UnsafeRawPointer, into out: UnsafeMutablePointer<Float>, count: Int) {
+        let halves = source.assumingMemoryBound(to: UInt16.self)
+        out.withMemoryRebound(to: UInt32.self, capacity: count) { bits in
+            for i in 0..<count { bits[i] = UInt32(UInt16(littleEndian: halves[i])) << 16 }
+        }
+    }
+
+    public static func widenF16(_ source: UnsafeRawPointer, into out: UnsafeMutablePointer<Float>, count: Int) {
+        let halves = source.assumingMemoryBound(to: UInt16.self)
+        for i in 0..<count { out[i] = Float(Float16(bitPattern: UInt16(littleEndian: halves[i]))) }
+    }
+
+    /// f32 → bf16 with round-to-nearest-even, as torch's `.to(torch.bfloat16)`.
+    public static func narrowBF16(_ source: UnsafePointer<Float>, into out: UnsafeMutablePointer<UInt16>, count: Int) {
+        source.withMemoryRebound(to: UInt32.self, capacity: count) { bits in
+            for i in 0..<count {
+                let b = bits[i]
+                if b & 0x7FFF_FFFF > 0x7F80_0000 {
+                    out[i] = UInt16(truncatingIfNeeded: b >> 16) | 0x40  // quiet NaN
+                } else {
+                    out[i] = UInt16(truncatingIfNeeded: (b &+ 0x7FFF &+ ((b >> 16) & 1)) >> 16)
+                }
+            }
+        }
+    }
+
+    public static func narrowF16(_ source: UnsafePointer<Float>, into out: UnsafeMutablePointer<UInt16>, count: Int) {
+        for i in 0..<count { out[i] = Float16(source[i]).bitPattern }
+    }
+}
+
+/// Writes a safetensors file tensor by tensor, without holding the file in memory. The file is
+/// written beside its destination and renamed into place by `finish()`, so a reader never sees a
+/// half-written file.
+public final class SafetensorsWriter {
+    public struct Entry {
+        public let name: String
+        public let dtype: DType
+        public let shape: [Int]
+        public init(name: String, dtype: DType, shape: [Int]) {
+            self.name = name
+            self.dtype = dtype
+            self.shape = shape
+        }
+        var byteCount: Int { shape.reduce(1, *) * dtype.size }
+    }
+
+    public let path: String
+    private let temporaryPath: String
+    private let handle: FileHandle
+    private let entries: [Entry]
+    private var next = 0
+    private var scratch: [UInt16] = []
+
+    /// Declares every tensor up front (the header comes first in the file); the data must then be
+    /// written in the same order.
+    public init(path: String, entries: [Entry], metadata: [String: String] = ["format": "pt"]) throws {
+        self.path = path
+        self.entries = entries
+        temporaryPath = path + ".tmp-\(getpid())"
+        guard FileManager.default.createFile(atPath: temporaryPath, contents: nil) else {
+            throw KDError("\(path): cannot create file")
+        }
+        handle = try FileHandle(forWritingTo: URL(fileURLWithPath: temporaryPath))
+        var header: [String: Any] = [:]
+        if !metadata.isEmpty { header["__metadata__"] = metadata }
+        var offset = 0
+        for entry in entries {
+            header[entry.name] = [
+                "dtype": entry.dtype.rawValue, "shape": entry.shape, "data_offsets": [offset, offset + entry.byteCount],
+            ] as [String: Any]
+            offset += entry.byteCount
+        }
+        var json = try JSONSerialization.data(withJSONObject: header, options: [.sortedKeys])
+        while (8 + json.count) % 8 != 0 { json.append(0x20) }
+        var length = UInt64(json.count).littleEndian
+        try handle.write(contentsOf: Data(bytes: &length, count: 8))
+        try handle.write(contentsOf: json)
+    }
+
+    /// Writes the next tensor's values from f32, converting to the declared dtype.
+    public func write(_ values: UnsafePointer<Float>, count: Int) throws {
+        let entry = try expectNext(count: count)
+        switch entry.dtype {
+        case .f32:
+            try handle.write(contentsOf: Data(bytes: values, count: count * 4))
+        case .bf16, .f16:
+            if scratch.count < count { scratch = [UInt16](repeating: 0, count: count) }
+            try scratch.withUnsafeMutableBufferPointer { buffer in
+                if entry.dtype == .bf16 {
+                    Conversion.narrowBF16(values, into: buffer.baseAddress!, count: count)
+                } else {
+                    Conversion.narrowF16(values, into: buffer.baseAddress!, count: count)
+                }
+                try handle.write(contentsOf: Data(bytes: buffer.baseAddress!, count: count * 2))
+            }
+        default:
+            throw KDError("\(path): tensor '\(entry.name)': cannot write f32 values as \(entry.dtype.rawValue)")
+        }
+    }
+
+    public func write(_ tensor: Tensor) throws {
+        try write(tensor.data, count: tensor.count)
+    }
+
+    /// Writes the next tensor's raw bytes (already in the declared dtype).
+    public func write(raw bytes: Data) throws {
+        let entry = entries[min(next, entries.count - 1)]
+        _ = try expectNext(count: bytes.count / entry.dtype.size)
+        try handle.write(contentsOf: bytes)
+    }
+
+    private func expectNext(count: Int) throws -> Entry {
+        guard next < entries.count else { throw KDError("\(path): more tensors written than declared") }
+        let entry = entries[next]
+        guard count == entry.shape.reduce(1, *) else {
+            throw KDError("\(path): tensor '\(entry.name)' declared as \(entry.shape), written with \(count) values")
+        }
+        next += 1
+        return entry
+    }
+
+    /// Flushes to disk and renames the file into place.
+    public func finish() throws {
+        guard next == entries.count else {
+            throw KDError("\(path): \(entries.count - next) declared tensors were not written")
+        }
+        try handle.synchronize()
+        try handle.close()
+        if FileManager.default.fileExists(atPath: path) { try FileManager.default.removeItem(atPath: path) }
+        try FileManager.default.moveItem(atPath: temporaryPath, toPath: path)
+    }
+
+    /// Abandons the file (on an error part-way).
+    public func discard() {
+        try? handle.close()
+        try? FileManager.default.removeItem(atPath: temporaryPath)
+    }
+}
