@@ -29,22 +29,29 @@ let package = Package(
         .target(name: "KDCore", dependencies: ["COpenBLAS"], swiftSettings: numericSettings),
         // safetensors, model configs, Qwen3 / Qwen3-MoE, LoRA, placement.
         .target(name: "KDModels", dependencies: ["KDCore"], swiftSettings: numericSettings),
+        // Tokenizer, chat template, datasets and batches.
+        .target(name: "KDText", dependencies: ["KDCore"], swiftSettings: numericSettings),
         // Run config and memory plan (training lands here).
         .target(
             name: "KDTrain",
-            dependencies: ["KDCore", "KDModels", .product(name: "Yams", package: "Yams")],
+            dependencies: ["KDCore", "KDModels", "KDText", .product(name: "Yams", package: "Yams")],
             swiftSettings: numericSettings
         ),
+        // Inference: forward, generation, comparison and evaluation.
+        .target(name: "KDEval", dependencies: ["KDCore", "KDModels", "KDText", "KDTrain"], swiftSettings: numericSettings),
         // The command-line interface: argument parsing and output only.
         .executableTarget(
             name: "kd",
             dependencies: [
-                "KDCore", "KDModels", "KDTrain",
+                "KDCore", "KDModels", "KDText", "KDTrain", "KDEval",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: settings
         ),
         .testTarget(name: "KDCoreTests", dependencies: ["KDCore"], swiftSettings: settings),
         .testTarget(name: "KDModelsTests", dependencies: ["KDCore", "KDModels"], swiftSettings: settings),
+        .testTarget(name: "KDTrainTests", dependencies: ["KDCore", "KDModels", "KDTrain"], swiftSettings: settings),
+        // Runs the built `kd` binary: exit codes, stdout/stderr, end-to-end files.
+        .testTarget(name: "KDCommandTests", dependencies: ["kd", "KDCore", "KDModels"], swiftSettings: settings),
     ]
 )

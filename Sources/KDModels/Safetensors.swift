@@ -198,6 +198,7 @@ public final class SafetensorsWriter {
     private let handle: FileHandle
     private let entries: [Entry]
     private var next = 0
+    private var writtenOfCurrent = 0
     private var scratch: [UInt16] = []
 
     /// Declares every tensor up front (the header comes first in the file); the data must then be
@@ -226,9 +227,10 @@ public final class SafetensorsWriter {
         try handle.write(contentsOf: json)
     }
 
-    /// Writes the next tensor's values from f32, converting to the declared dtype.
+    /// Writes f32 values of the current tensor, converting to its declared dtype. A tensor may be
+    /// written in several pieces; the next tensor starts once the current one is full.
     public func write(_ values: UnsafePointer<Float>, count: Int) throws {
-        let entry = try expectNext(count: count)
+        let entry = try current(accepting: count)
         switch entry.dtype {
         case .f32:
             try handle.write(contentsOf: Data(bytes: values, count: count * 4))
@@ -245,31 +247,42 @@ public final class SafetensorsWriter {
         default:
             throw KDError("\(path): tensor '\(entry.name)': cannot write f32 values as \(entry.dtype.rawValue)")
         }
+        advance(by: count)
     }
 
     public func write(_ tensor: Tensor) throws {
         try write(tensor.data, count: tensor.count)
     }
 
-    /// Writes the next tensor's raw bytes (already in the declared dtype).
+    /// Writes raw bytes already in the current tensor's dtype.
     public func write(raw bytes: Data) throws {
-        let entry = entries[min(next, entries.count - 1)]
-        _ = try expectNext(count: bytes.count / entry.dtype.size)
+        let size = try current(accepting: 0).dtype.size
+        _ = try current(accepting: bytes.count / size)
         try handle.write(contentsOf: bytes)
+        advance(by: bytes.count / size)
     }
 
-    private func expectNext(count: Int) throws -> Entry {
+    private func current(accepting count: Int) throws -> Entry {
+        while next < entries.count && entries[next].byteCount == 0 { next += 1 }
         guard next < entries.count else { throw KDError("\(path): more tensors written than declared") }
         let entry = entries[next]
-        guard count == entry.shape.reduce(1, *) else {
-            throw KDError("\(path): tensor '\(entry.name)' declared as \(entry.shape), written with \(count) values")
+        guard writtenOfCurrent + count <= entry.shape.reduce(1, *) else {
+            throw KDError("\(path): tensor '\(entry.name)' declared as \(entry.shape), written with more values")
         }
-        next += 1
         return entry
+    }
+
+    private func advance(by count: Int) {
+        writtenOfCurrent += count
+        if writtenOfCurrent == entries[next].shape.reduce(1, *) {
+            next += 1
+            writtenOfCurrent = 0
+        }
     }
 
     /// Flushes to disk and renames the file into place.
     public func finish() throws {
+        while next < entries.count && entries[next].shape.reduce(1, *) == 0 { next += 1 }
         guard next == entries.count else {
             throw KDError("\(path): \(entries.count - next) declared tensors were not written")
         }

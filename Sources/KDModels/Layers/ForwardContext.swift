@@ -18,9 +18,9 @@ public struct TokenBatch: Sendable {
         self.attentionMask = attentionMask
     }
 
-    /// Right-pads `rows` to the longest with `padID` and a zero mask.
-    public init(rows: [[Int]], padID: Int = 0) {
-        let length = rows.map(\.count).max() ?? 0
+    /// Right-pads `rows` to `length` (default: the longest row) with `padID` and a zero mask.
+    public init(rows: [[Int]], padID: Int = 0, length: Int? = nil) {
+        let length = length ?? rows.map(\.count).max() ?? 0
         var ids = [Int32](repeating: Int32(padID), count: rows.count * length)
         var mask = [UInt8](repeating: 0, count: rows.count * length)
         for (r, row) in rows.enumerated() {

@@ -1,0 +1,181 @@
+import Foundation
+import KDCore
+import KDModels
+
+/// The placement and memory of a training run, computed from the models' config.json alone.
+///
+/// Per device: parameters in f32 (kd computes in f32; bf16 checkpoints are widened), the LoRA
+/// adapters of the student layers it holds with their gradients and two AdamW moments (16 bytes
+/// per LoRA parameter), and an activation estimate:
+/// - student layers save, per token, 4·hidden (residuals and norm outputs), 3·(q heads + kv
+///   heads)·head_dim (projections before and after norm/rope, attention output), 3·intermediate
+///   (gate, up, activation), each adapter's rank (and its input when dropout is on), in f32;
+/// - every device holding layers needs a working set of one layer's transients plus one
+///   attention score matrix (max_seq_len² f32);
+/// - the student's last device holds the fused loss chunk: three chunk × vocab f32 buffers
+///   (teacher logits, student logits, their gradient); the teacher's last device one chunk of
+///   teacher logits and the final hidden states of the batch.
+public struct MemoryPlan: Sendable {
+    public struct ModelPlan: Sendable {
+        public let role: String
+        public let path: String
+        public let spec: ModelSpec
+        public let devices: [Int]
+        public let placement: Placement
+        public let loraParameters: Int
+    }
+
+    public struct DeviceUsage: Sendable {
+        public let id: Int
+        public var roles: [String] = []
+        public var layers: [String: [Int]] = [:]
+        public var holds: [String] = []
+        public var parameterBytes = 0
+        public var loraBytes = 0
+        public var activationBytes = 0
+        public let capacityBytes: Int?
+
+        public var totalBytes: Int { parameterBytes + loraBytes + activationBytes }
+        public var fits: Bool { capacityBytes.map { totalBytes <= $0 } ?? true }
+        public var role: String { roles.isEmpty ? "unused" : roles.joined(separator: "+") }
+    }
+
+    public let teacher: ModelPlan
+    public let student: ModelPlan
+    public let devices: [DeviceUsage]
+
+    public var fits: Bool { devices.allSatisfy(\.fits) }
+
+    /// Reads `config.json` from a model directory (or the path itself when it names the file).
+    public static func spec(at path: String) throws -> ModelSpec {
+        var isDirectory: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else {
+            throw KDError("\(path): no such model directory")
+        }
+        let file = isDirectory.boolValue ? (path as NSString).appendingPathComponent("config.json") : path
+        return try ModelConfigurations.load(configFile: file)
+    }
+
+    public init(config: RunConfig) throws {
+        try config.requireModelPaths()
+        let teacherSpec = try MemoryPlan.spec(at: config.teacher.path)
+        let studentSpec = try MemoryPlan.spec(at: config.student.path)
+        teacher = ModelPlan(
+            role: "teacher", path: config.teacher.path, spec: teacherSpec, devices: config.teacher.devices,
+            placement: Placement(spec: teacherSpec, deviceCount: config.teacher.devices.count), loraParameters: 0)
+        student = ModelPlan(
+            role: "student", path: config.student.path, spec: studentSpec, devices: config.student.devices,
+            placement: Placement(spec: studentSpec, deviceCount: config.student.devices.count),
+            loraParameters: LoRAShapes.parameterCount(spec: studentSpec, lora: config.lora))
+
+        var usage = (0..<config.deviceCount).map { DeviceUsage(id: $0, capacityBytes: config.devices.memoryPerDevice?.bytes) }
+        let tokens = config.train.batchSize * config.data.maxSeqLen
+        let f32 = MemoryLayout<Float>.stride
+        for model in [teacher, student] {
+            let spec = model.spec
+            let training = model.role == "student"
+            for stage in model.placement.stages {
+                let id = model.devices[stage.deviceIndex]
+                usage[id].roles.append(model.role)
+                usage[id].layers[model.role] = Array(stage.layers)
+                if stage.holdsEmbedding { usage[id].holds.append("\(model.role).embed_tokens") }
+                if stage.holdsHead { usage[id].holds.append("\(model.role).norm+lm_head") }
+                usage[id].parameterBytes += stage.parameterBytes
+                var activations = 0
+                for layer in stage.layers {
+                    if training {
+                        let lora = LoRAShapes.adapters(spec: spec, layer: layer, lora: config.lora)
+                        usage[id].loraBytes += lora.reduce(0) { $0 + $1.parameters } * 4 * f32
+                        let loraSaved = lora.reduce(0) { $0 + config.lora.r + (config.lora.dropout > 0 ? $1.inFeatures : 0) }
+                        activations += tokens * f32 * (MemoryPlan.savedPerToken(spec, layer: layer) + loraSaved)
+                    }
+                }
+                if !stage.layers.isEmpty {
+                    activations += MemoryPlan.workingSet(spec, tokens: tokens, sequence: config.data.maxSeqLen)
+                }
+                if stage.holdsHead {
+                    let chunk = Swift.min(tokens, config.distill.chunkTokens)
+                    activations += training ? 3 * chunk * spec.vocabSize * f32
+                        : chunk * spec.vocabSize * f32 + tokens * spec.hiddenSize * f32
+                }
+                usage[id].activationBytes += activations
+            }
+        }
+        devices = usage
+    }
+
+    /// f32 values a training layer saves per token for its backward pass.
+    static func savedPerToken(_ spec: ModelSpec, layer: Int) -> Int {
+        let attention = 4 * spec.hiddenSize + 3 * (spec.numHeads + 2 * spec.numKVHeads) * spec.headDim + spec.numHeads
+        switch spec.feedForward[layer] {
+        case .dense(let size): return attention + 3 * size
+        case .sparse(let experts, let topK, let size, _): return attention + experts + topK * (3 * size + spec.hiddenSize)
+        }
+    }
+
+    /// Bytes of one layer's transient buffers plus one attention score matrix.
+    static func workingSet(_ spec: ModelSpec, tokens: Int, sequence: Int) -> Int {
+        let projections = (spec.numHeads + 2 * spec.numKVHeads) * spec.headDim + 2 * spec.hiddenSize
+        let feedForward = spec.feedForward.map { kind -> Int in
+            switch kind {
+            case .dense(let size): 3 * size
+            case .sparse(let experts, let topK, let size, _): experts + topK * (3 * size + spec.hiddenSize)
+            }
+        }.max() ?? 0
+        return (tokens * (projections + feedForward) + sequence * sequence) * MemoryLayout<Float>.stride
+    }
+
+    /// The plan as JSON-compatible data: `teacher`, `student`, `devices`, `fits`.
+    public var json: [String: Any] {
+        func model(_ plan: ModelPlan) -> [String: Any] {
+            var object: [String: Any] = [
+                "path": plan.path, "model_type": plan.spec.modelType, "params": plan.spec.parameterCount,
+                "layers": plan.spec.numLayers, "devices": plan.devices,
+            ]
+            if plan.role == "student" { object["lora_params"] = plan.loraParameters }
+            return object
+        }
+        return [
+            "teacher": model(teacher),
+            "student": model(student),
+            "devices": devices.map { device -> [String: Any] in
+                [
+                    "id": device.id, "role": device.role,
+                    "layers": (device.layers["teacher"] ?? []) + (device.layers["student"] ?? []),
+                    "holds": device.holds, "param_bytes": device.parameterBytes, "lora_bytes": device.loraBytes,
+                    "activation_bytes": device.activationBytes, "total_bytes": device.totalBytes,
+                    "capacity_bytes": device.capacityBytes.map { $0 as Any } ?? NSNull(), "fits": device.fits,
+                ]
+            },
+            "fits": fits,
+        ]
+    }
+}
+
+/// The LoRA adapters a config puts on a model: one per targeted projection.
+public enum LoRAShapes {
+    public struct Adapter: Sendable {
+        public let name: String
+        public let inFeatures: Int
+        public let outFeatures: Int
+        public let rank: Int
+        public var parameters: Int { rank * (inFeatures + outFeatures) }
+    }
+
+    /// Targeted linears of one layer, named as the checkpoint names them (experts included, as PEFT does).
+    public static func adapters(spec: ModelSpec, layer: Int, lora: RunConfig.LoRA) -> [Adapter] {
+        spec.layerTensors(layer).compactMap { tensor in
+            let parts = tensor.name.split(separator: ".")
+            guard parts.count >= 2, parts.last == "weight", tensor.shape.count == 2,
+                  lora.targetModules.contains(String(parts[parts.count - 2])) else { return nil }
+            return Adapter(name: String(tensor.name.dropLast(".weight".count)), inFeatures: tensor.shape[1],
+                           outFeatures: tensor.shape[0], rank: lora.r)
+        }
+    }
+
+    public static func parameterCount(spec: ModelSpec, lora: RunConfig.LoRA) -> Int {
+        (0..<spec.numLayers).reduce(0) { total, layer in
+            total + adapters(spec: spec, layer: layer, lora: lora).reduce(0) { $0 + $1.parameters }
+        }
+    }
+}

@@ -1,0 +1,399 @@
+import Foundation
+import KDCore
+import Yams
+
+/// A training run's configuration: the YAML file, with `--set key.path=value` overrides.
+/// Every key has a default and a line of documentation (`RunConfig.fields`); unknown keys are
+/// errors that suggest the nearest valid key.
+public struct RunConfig: Equatable, Sendable {
+    public struct Run: Equatable, Sendable {
+        public var outputDir = "runs/kd"
+        public var seed = 42
+        public var threads: Int? = nil
+    }
+
+    public struct Devices: Equatable, Sendable {
+        public var count: Int? = nil
+        public var memoryPerDevice: ByteSize? = nil
+    }
+
+    public struct Model: Equatable, Sendable {
+        public var path = ""
+        public var devices: [Int]
+    }
+
+    public struct LoRA: Equatable, Sendable {
+        public var r = 16
+        public var alpha: Double = 32
+        public var dropout: Double = 0.05
+        public var targetModules = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+        public var useRSLoRA = false
+        public var initMethod = LoRAInit.default
+        public var initFrom: String? = nil
+
+        /// The factor s in y = Wx + s·B·A·x.
+        public var scale: Float { Float(useRSLoRA ? alpha / Double(r).squareRoot() : alpha / Double(r)) }
+    }
+
+    public struct Distill: Equatable, Sendable {
+        public var alpha: Double = 0.8
+        public var temperature: Double = 2.0
+        public var chunkTokens = 128
+    }
+
+    public struct DataSection: Equatable, Sendable {
+        public var train: String? = nil
+        public var eval: String? = nil
+        public var format = DataFormat.auto
+        public var maxSeqLen = 1024
+        public var shuffle = true
+        public var trainOnPrompt = false
+        public var onBadRecord = BadRecordPolicy.error
+        public var tokenizer: String? = nil
+        public var enableThinking = false
+    }
+
+    public struct Train: Equatable, Sendable {
+        public var maxSteps = 50
+        public var batchSize = 4
+        public var gradAccumSteps = 1
+        public var lr: Double = 1e-4
+        public var lrSchedule = LRSchedule.cosine
+        public var warmupSteps = 5
+        public var weightDecay: Double = 0.01
+        public var adamBeta1: Double = 0.9
+        public var adamBeta2: Double = 0.999
+        public var adamEps: Double = 1e-8
+        public var maxGradNorm: Double = 1.0
+    }
+
+    public struct Checkpointing: Equatable, Sendable {
+        public var everySteps = 10
+        public var keepLast = 3
+        public var saveMerged = false
+    }
+
+    public struct Log: Equatable, Sendable {
+        public var everySteps = 1
+    }
+
+    public var run = Run()
+    public var devices = Devices()
+    public var teacher = Model(devices: [0])
+    public var student = Model(devices: [1])
+    public var lora = LoRA()
+    public var distill = Distill()
+    public var data = DataSection()
+    public var train = Train()
+    public var checkpoint = Checkpointing()
+    public var log = Log()
+
+    public init() {}
+
+    /// The number of logical devices: `devices.count`, or enough for every id the models use.
+    public var deviceCount: Int {
+        devices.count ?? ((teacher.devices + student.devices).max() ?? 0) + 1
+    }
+}
+
+public enum LoRAInit: String, CaseIterable, Sendable { case `default`, gaussian, pissa }
+public enum DataFormat: String, CaseIterable, Sendable { case auto, chat, prompt_response, gsm8k, humaneval, tokens }
+public enum BadRecordPolicy: String, CaseIterable, Sendable { case error, skip }
+public enum LRSchedule: String, CaseIterable, Sendable { case constant, linear, cosine }
+
+// MARK: - Schema
+
+/// One configuration key: where it lives, how it is read, and what it means.
+public struct ConfigField: @unchecked Sendable {
+    public let key: String
+    public let documentation: String
+    let apply: (inout RunConfig, Node) throws -> Void
+    let value: (RunConfig) -> Any
+
+    /// The value this key has in a configuration, as JSON-compatible data.
+    public func jsonValue(in config: RunConfig) -> Any { value(config) }
+}
+
+/// A value a configuration key can hold, read from a YAML node.
+protocol ConfigValue {
+    static func read(_ node: Node) throws -> Self
+    var jsonValue: Any { get }
+}
+
+extension Int: ConfigValue {
+    static func read(_ node: Node) throws -> Int {
+        guard let value = node.int else { throw KDError("expected an integer, got '\(node.string ?? "a collection")'") }
+        return value
+    }
+    var jsonValue: Any { self }
+}
+
+extension Double: ConfigValue {
+    static func read(_ node: Node) throws -> Double {
+        guard let value = node.float ?? node.int.map(Double.init) else {
+            throw KDError("expected a number, got '\(node.string ?? "a collection")'")
+        }
+        return value
+    }
+    var jsonValue: Any { self }
+}
+
+extension Bool: ConfigValue {
+    static func read(_ node: Node) throws -> Bool {
+        guard let value = node.bool else { throw KDError("expected true or false, got '\(node.string ?? "a collection")'") }
+        return value
+    }
+    var jsonValue: Any { self }
+}
+
+extension String: ConfigValue {
+    static func read(_ node: Node) throws -> String {
+        guard node.scalar != nil, let value = node.string else { throw KDError("expected a string") }
+        return value
+    }
+    var jsonValue: Any { self }
+}
+
+extension ByteSize: ConfigValue {
+    static func read(_ node: Node) throws -> ByteSize {
+        if let bytes = node.int { return ByteSize(bytes: bytes) }
+        guard let text = node.string, let size = ByteSize(parsing: text) else {
+            throw KDError("expected a size such as 80GiB, 512MiB or a number of bytes, got '\(node.string ?? "a collection")'")
+        }
+        return size
+    }
+    var jsonValue: Any { bytes }
+}
+
+extension Array: ConfigValue where Element: ConfigValue {
+    static func read(_ node: Node) throws -> [Element] {
+        guard let sequence = node.sequence else { throw KDError("expected a list") }
+        return try sequence.map { try Element.read($0) }
+    }
+    var jsonValue: Any { map(\.jsonValue) }
+}
+
+extension Optional: ConfigValue where Wrapped: ConfigValue {
+    static func read(_ node: Node) throws -> Wrapped? {
+        if node.null != nil { return nil }
+        return try Wrapped.read(node)
+    }
+    var jsonValue: Any { map(\.jsonValue) ?? NSNull() }
+}
+
+protocol ConfigEnum: ConfigValue, RawRepresentable<String>, CaseIterable {}
+extension ConfigEnum {
+    static func read(_ node: Node) throws -> Self {
+        guard let text = node.string, let value = Self(rawValue: text) else {
+            throw KDError("expected one of \(allCases.map(\.rawValue).joined(separator: ", ")), got '\(node.string ?? "a collection")'")
+        }
+        return value
+    }
+    var jsonValue: Any { rawValue }
+}
+extension LoRAInit: ConfigEnum {}
+extension DataFormat: ConfigEnum {}
+extension BadRecordPolicy: ConfigEnum {}
+extension LRSchedule: ConfigEnum {}
+
+extension RunConfig {
+    private static func field<V: ConfigValue>(
+        _ key: String, _ path: WritableKeyPath<RunConfig, V>, _ documentation: String
+    ) -> ConfigField {
+        ConfigField(
+            key: key, documentation: documentation,
+            apply: { config, node in config[keyPath: path] = try V.read(node) },
+            value: { $0[keyPath: path].jsonValue })
+    }
+
+    /// Every key, in the order of the documentation.
+    public static let fields: [ConfigField] = [
+        field("run.output_dir", \.run.outputDir, "Directory for metrics.jsonl, checkpoints and the final model."),
+        field("run.seed", \.run.seed, "Seed of every random choice: LoRA init, shuffling, dropout."),
+        field("run.threads", \.run.threads, "BLAS threads per call; null = one per core."),
+        field("devices.count", \.devices.count, "Number of logical devices; null = enough for the ids used."),
+        field("devices.memory_per_device", \.devices.memoryPerDevice, "Budget of each device (e.g. 80GiB), enforced; null = unlimited."),
+        field("teacher.path", \.teacher.path, "Teacher model directory (config.json + safetensors)."),
+        field("teacher.devices", \.teacher.devices, "Device ids the teacher's layers are sharded over, in order."),
+        field("student.path", \.student.path, "Student model directory (config.json + safetensors)."),
+        field("student.devices", \.student.devices, "Device ids the student's layers are sharded over, in order."),
+        field("lora.r", \.lora.r, "LoRA rank."),
+        field("lora.alpha", \.lora.alpha, "LoRA alpha; the update is scaled by alpha/r (alpha/sqrt(r) with use_rslora)."),
+        field("lora.dropout", \.lora.dropout, "Dropout on the LoRA input path during training."),
+        field("lora.target_modules", \.lora.targetModules, "Projections that get adapters (q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj)."),
+        field("lora.use_rslora", \.lora.useRSLoRA, "Rank-stabilised scaling alpha/sqrt(r)."),
+        field("lora.init", \.lora.initMethod, "Adapter init: default (A kaiming-uniform, B zero), gaussian, pissa."),
+        field("lora.init_from", \.lora.initFrom, "A PEFT adapter directory to start from instead of a fresh init."),
+        field("distill.alpha", \.distill.alpha, "Weight of the KL term: loss = alpha*T^2*KL + (1-alpha)*CE."),
+        field("distill.temperature", \.distill.temperature, "Softmax temperature T of the KL term."),
+        field("distill.chunk_tokens", \.distill.chunkTokens, "Tokens per chunk of the fused output-projection + loss."),
+        field("data.train", \.data.train, "Training JSONL file."),
+        field("data.eval", \.data.eval, "Held-out JSONL file for evaluation."),
+        field("data.format", \.data.format, "auto, chat, prompt_response, gsm8k, humaneval or tokens."),
+        field("data.max_seq_len", \.data.maxSeqLen, "Longer records are truncated (and counted)."),
+        field("data.shuffle", \.data.shuffle, "Shuffle the records each epoch (seeded)."),
+        field("data.train_on_prompt", \.data.trainOnPrompt, "Score prompt tokens too (otherwise they are -100)."),
+        field("data.on_bad_record", \.data.onBadRecord, "error (stop with file:line) or skip (count and go on)."),
+        field("data.tokenizer", \.data.tokenizer, "Directory with tokenizer.json; null = the student's directory."),
+        field("data.enable_thinking", \.data.enableThinking, "Render chat turns with Qwen3 thinking enabled."),
+        field("train.max_steps", \.train.maxSteps, "Optimizer steps to run."),
+        field("train.batch_size", \.train.batchSize, "Records per micro-batch."),
+        field("train.grad_accum_steps", \.train.gradAccumSteps, "Micro-batches per optimizer step."),
+        field("train.lr", \.train.lr, "Peak learning rate."),
+        field("train.lr_schedule", \.train.lrSchedule, "constant, linear or cosine decay after warmup."),
+        field("train.warmup_steps", \.train.warmupSteps, "Linear warmup steps."),
+        field("train.weight_decay", \.train.weightDecay, "AdamW decoupled weight decay."),
+        field("train.adam_beta1", \.train.adamBeta1, "AdamW beta1."),
+        field("train.adam_beta2", \.train.adamBeta2, "AdamW beta2."),
+        field("train.adam_eps", \.train.adamEps, "AdamW epsilon."),
+        field("train.max_grad_norm", \.train.maxGradNorm, "Clip the global gradient norm to this (0 = no clipping)."),
+        field("checkpoint.every_steps", \.checkpoint.everySteps, "Write a checkpoint every this many steps (0 = only at the end)."),
+        field("checkpoint.keep_last", \.checkpoint.keepLast, "Checkpoints kept; older ones are deleted."),
+        field("checkpoint.save_merged", \.checkpoint.saveMerged, "Also write the merged model into final_model/."),
+        field("log.every_steps", \.log.everySteps, "Log a metrics line every this many steps."),
+    ]
+
+    static let fieldsByKey = Dictionary(uniqueKeysWithValues: fields.map { ($0.key, $0) })
+    static let sections = fields.reduce(into: [String]()) { list, field in
+        let section = String(field.key.prefix { $0 != "." })
+        if !list.contains(section) { list.append(section) }
+    }
+
+    // MARK: Loading
+
+    /// Reads a YAML run config (`-` for standard input) and applies `key.path=value` overrides.
+    public static func load(path: String, overrides: [String] = []) throws -> RunConfig {
+        let text: String
+        if path == "-" {
+            text = String(decoding: FileHandle.standardInput.readDataToEndOfFile(), as: UTF8.self)
+        } else {
+            guard let data = FileManager.default.contents(atPath: path) else { throw KDError("\(path): no such file") }
+            text = String(decoding: data, as: UTF8.self)
+        }
+        return try parse(yaml: text, file: path == "-" ? "<stdin>" : path, overrides: overrides)
+    }
+
+    public static func parse(yaml: String, file: String, overrides: [String] = []) throws -> RunConfig {
+        var config = RunConfig()
+        let root: Node?
+        do {
+            root = try Yams.compose(yaml: yaml)
+        } catch {
+            throw KDError("\(file): not valid YAML: \(String(describing: error).split(separator: "\n").joined(separator: " "))")
+        }
+        if let root {
+            guard let top = root.mapping else { throw KDError("\(file): expected a mapping of sections (run:, teacher:, ...)") }
+            for (sectionNode, body) in top {
+                let section = sectionNode.string ?? ""
+                guard sections.contains(section) else {
+                    throw KDError("\(file):\(line(sectionNode)): unknown section '\(section)'\(suggestion(for: section, among: sections))")
+                }
+                if body.null != nil { continue }
+                guard let mapping = body.mapping else {
+                    throw KDError("\(file):\(line(body)): section '\(section)' must be a mapping of keys")
+                }
+                for (keyNode, value) in mapping {
+                    let key = "\(section).\(keyNode.string ?? "")"
+                    try set(key, value, in: &config, location: "\(file):\(line(keyNode))")
+                }
+            }
+        }
+        for assignment in overrides {
+            guard let eq = assignment.firstIndex(of: "=") else {
+                throw KDError("--set '\(assignment)': expected key.path=value")
+            }
+            let key = String(assignment[..<eq]).trimmingCharacters(in: .whitespaces)
+            let text = String(assignment[assignment.index(after: eq)...])
+            let node = (try? Yams.compose(yaml: text)) ?? nil
+            try set(key, node ?? Node("", Tag(.null)), in: &config, location: "--set")
+        }
+        try config.validate(file: file)
+        return config
+    }
+
+    private static func set(_ key: String, _ node: Node, in config: inout RunConfig, location: String) throws {
+        guard let field = fieldsByKey[key] else {
+            throw KDError("\(location): unknown key '\(key)'\(suggestion(for: key, among: fields.map(\.key)))")
+        }
+        do {
+            try field.apply(&config, node)
+        } catch let error as KDError {
+            throw KDError("\(location): \(key): \(error.message)")
+        }
+    }
+
+    private static func line(_ node: Node) -> Int { (node.mark?.line ?? 0) }
+
+    /// " (did you mean 'lora.r'?)" when a known name is close enough to be a likely typo.
+    static func suggestion(for word: String, among candidates: [String]) -> String {
+        let scored = candidates.map { ($0, editDistance(word.lowercased(), $0.lowercased())) }
+        guard let best = scored.min(by: { $0.1 < $1.1 }) else { return "" }
+        let tail = String(word.split(separator: ".").last ?? "")
+        let sameTail = candidates.first { $0.split(separator: ".").last.map(String.init) == tail && tail != "" }
+        if let sameTail { return " (did you mean '\(sameTail)'?)" }
+        return best.1 <= max(2, word.count / 3) ? " (did you mean '\(best.0)'?)" : ""
+    }
+
+    static func editDistance(_ a: String, _ b: String) -> Int {
+        let a = Array(a), b = Array(b)
+        var previous = Array(0...b.count)
+        for i in 1...max(1, a.count) where !a.isEmpty {
+            var current = [i] + [Int](repeating: 0, count: b.count)
+            for j in 1...max(1, b.count) where !b.isEmpty {
+                current[j] = Swift.min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (a[i - 1] == b[j - 1] ? 0 : 1))
+            }
+            previous = current
+        }
+        return a.isEmpty ? b.count : previous[b.count]
+    }
+
+    /// Range checks with the key named.
+    func validate(file: String) throws {
+        func require(_ ok: Bool, _ key: String, _ what: String) throws {
+            if !ok { throw KDError("\(file): \(key) \(what)") }
+        }
+        try require(run.threads.map { $0 >= 1 } ?? true, "run.threads", "must be at least 1")
+        try require(devices.count.map { $0 >= 1 } ?? true, "devices.count", "must be at least 1")
+        for (name, model) in [("teacher", teacher), ("student", student)] {
+            try require(!model.devices.isEmpty, "\(name).devices", "must list at least one device id")
+            try require(Set(model.devices).count == model.devices.count, "\(name).devices", "lists a device twice")
+            try require(model.devices.allSatisfy { $0 >= 0 && $0 < deviceCount }, "\(name).devices",
+                        "\(model.devices) must be ids below devices.count (\(deviceCount))")
+        }
+        try require(lora.r >= 1, "lora.r", "must be at least 1")
+        try require(lora.alpha > 0, "lora.alpha", "must be positive")
+        try require(lora.dropout >= 0 && lora.dropout < 1, "lora.dropout", "must be in [0, 1)")
+        let modules = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+        for module in lora.targetModules where !modules.contains(module) {
+            throw KDError("\(file): lora.target_modules: unknown module '\(module)'\(RunConfig.suggestion(for: module, among: modules))")
+        }
+        try require(!lora.targetModules.isEmpty, "lora.target_modules", "must name at least one module")
+        try require(distill.alpha >= 0 && distill.alpha <= 1, "distill.alpha", "must be in [0, 1]")
+        try require(distill.temperature > 0, "distill.temperature", "must be positive")
+        try require(distill.chunkTokens >= 1, "distill.chunk_tokens", "must be at least 1")
+        try require(data.maxSeqLen >= 2, "data.max_seq_len", "must be at least 2")
+        try require(train.maxSteps >= 0, "train.max_steps", "must not be negative")
+        try require(train.batchSize >= 1, "train.batch_size", "must be at least 1")
+        try require(train.gradAccumSteps >= 1, "train.grad_accum_steps", "must be at least 1")
+        try require(train.lr >= 0, "train.lr", "must not be negative")
+        try require(train.warmupSteps >= 0, "train.warmup_steps", "must not be negative")
+        try require(train.adamBeta1 >= 0 && train.adamBeta1 < 1, "train.adam_beta1", "must be in [0, 1)")
+        try require(train.adamBeta2 >= 0 && train.adamBeta2 < 1, "train.adam_beta2", "must be in [0, 1)")
+        try require(train.adamEps > 0, "train.adam_eps", "must be positive")
+        try require(train.maxGradNorm >= 0, "train.max_grad_norm", "must not be negative")
+        try require(checkpoint.everySteps >= 0, "checkpoint.every_steps", "must not be negative")
+        try require(checkpoint.keepLast >= 1, "checkpoint.keep_last", "must be at least 1")
+        try require(log.everySteps >= 1, "log.every_steps", "must be at least 1")
+    }
+
+    /// Fails when a required path is not set.
+    public func requireModelPaths() throws {
+        if teacher.path.isEmpty { throw KDError("teacher.path is required (the teacher model directory)") }
+        if student.path.isEmpty { throw KDError("student.path is required (the student model directory)") }
+    }
+
+    /// The effective configuration, every key with its value.
+    public var effectiveValues: [(key: String, value: Any)] {
+        RunConfig.fields.map { ($0.key, $0.jsonValue(in: self)) }
+    }
+}

@@ -1,0 +1,56 @@
+import ArgumentParser
+import Foundation
+import KDCore
+import KDModels
+
+struct Init: KDCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Write a random-initialised checkpoint in the published Hugging Face layout.",
+        discussion: "Presets: \(Presets.names.joined(separator: ", ")). --set overrides config.json keys, e.g. --set num_hidden_layers=4.")
+
+    @Option(name: .customLong("config-json"), help: "A config.json to initialise.") var configJSON: String?
+    @Option(help: "A published configuration instead of --config-json.") var preset: String?
+    @Option(help: "Directory to write (must not exist unless --force).") var output: String
+    @Option(help: "Random seed.") var seed: UInt64 = 0
+    @Option(help: "Weight dtype: f32 or bf16.") var dtype: String = "f32"
+    @Option(name: .customLong("set"), help: "Override a config.json key: key=value (repeatable).") var overrides: [String] = []
+    @Option(name: .customLong("max-shard-size"), help: "Split the weights into shards of at most this size.") var maxShardSize: String = "4GiB"
+    @Flag(help: "Replace --output if it exists.") var force = false
+    @Flag(name: .customLong("config-only"), help: "Write only config.json (for kd plan).") var configOnly = false
+    @Flag(help: "Print a JSON summary on stdout.") var json = false
+
+    func execute() throws {
+        var config: [String: Any]
+        switch (configJSON, preset) {
+        case (let path?, nil):
+            guard let data = FileManager.default.contents(atPath: path) else { throw KDError("\(path): no such file") }
+            guard let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else {
+                throw KDError("\(path): not a JSON object")
+            }
+            config = object
+        case (nil, let name?):
+            config = try Presets.config(name)
+        default:
+            throw KDError("give exactly one of --config-json PATH or --preset NAME")
+        }
+        try RandomCheckpoint.override(&config, with: overrides)
+        guard let type = DType(rawValue: dtype.uppercased()), type == .f32 || type == .bf16 else {
+            throw KDError("--dtype '\(dtype)': expected f32 or bf16")
+        }
+        guard let shardSize = ByteSize(parsing: maxShardSize)?.bytes, shardSize > 0 else {
+            throw KDError("--max-shard-size '\(maxShardSize)': expected a size such as 2GiB")
+        }
+        let start = ContinuousClock.now
+        let spec = try RandomCheckpoint.write(
+            config: config, to: output, seed: seed, dtype: type, maxShardBytes: shardSize, replace: force,
+            configOnly: configOnly)
+        let seconds = (ContinuousClock.now - start).seconds
+        Console.info("wrote \(output): \(spec.modelType), \(grouped(spec.parameterCount)) parameters"
+                     + (configOnly ? " (config.json only)" : " in \(type.rawValue)") + String(format: " (%.1f s)", seconds))
+        if json {
+            Console.json(["output": output, "model_type": spec.modelType, "params": spec.parameterCount,
+                          "dtype": type.rawValue, "seconds": seconds])
+        }
+    }
+}
+

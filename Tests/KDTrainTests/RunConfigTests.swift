@@ -1,0 +1,60 @@
+import Foundation
+import Testing
+import KDCore
+@testable import KDTrain
+
+@Suite struct RunConfigTests {
+    static func message(_ yaml: String, _ overrides: [String] = []) -> String {
+        do {
+            _ = try RunConfig.parse(yaml: yaml, file: "run.yaml", overrides: overrides)
+            return "no error"
+        } catch {
+            return (error as? KDError)?.message ?? "\(error)"
+        }
+    }
+
+    @Test func defaultsAndOverrides() throws {
+        let config = try RunConfig.parse(
+            yaml: "teacher: {path: t, devices: [0, 1]}\nstudent: {path: s, devices: [2]}\nlora: {r: 64, alpha: 128}\n",
+            file: "run.yaml", overrides: ["train.lr=3e-4", "lora.target_modules=[q_proj, v_proj]", "devices.memory_per_device=80GiB"])
+        #expect(config.lora.r == 64)
+        #expect(config.lora.scale == 2)
+        #expect(config.train.lr == 3e-4)
+        #expect(config.lora.targetModules == ["q_proj", "v_proj"])
+        #expect(config.devices.memoryPerDevice?.bytes == 80 << 30)
+        #expect(config.deviceCount == 3)
+        #expect(config.distill.alpha == 0.8 && config.distill.temperature == 2)
+        #expect(config.train.maxSteps == 50 && config.train.lrSchedule == .cosine)
+        #expect(RunConfig.fields.count == Set(RunConfig.fields.map(\.key)).count)
+    }
+
+    @Test func unknownKeysSuggestTheNearest() {
+        #expect(Self.message("lora:\n  rank: 8\n") == "run.yaml:2: unknown key 'lora.rank' (did you mean 'lora.r'?)")
+        #expect(Self.message("trian:\n  lr: 1\n") == "run.yaml:1: unknown section 'trian' (did you mean 'train'?)")
+        #expect(Self.message("train:\n  learning_rate: 1\n") == "run.yaml:2: unknown key 'train.learning_rate'")
+        #expect(Self.message("", ["train.max_step=3"]) == "--set: unknown key 'train.max_step' (did you mean 'train.max_steps'?)")
+        #expect(Self.message("distill:\n  temprature: 1\n") == "run.yaml:2: unknown key 'distill.temprature' (did you mean 'distill.temperature'?)")
+    }
+
+    @Test func badValuesNameTheKey() {
+        #expect(Self.message("lora: {r: many}") == "run.yaml:1: lora.r: expected an integer, got 'many'")
+        #expect(Self.message("train: {lr_schedule: cosin}")
+            == "run.yaml:1: train.lr_schedule: expected one of constant, linear, cosine, got 'cosin'")
+        #expect(Self.message("devices: {memory_per_device: lots}").hasPrefix("run.yaml:1: devices.memory_per_device: expected a size"))
+        #expect(Self.message("distill: {alpha: 1.5}") == "run.yaml: distill.alpha must be in [0, 1]")
+        #expect(Self.message("lora: {target_modules: [q_prj]}")
+            == "run.yaml: lora.target_modules: unknown module 'q_prj' (did you mean 'q_proj'?)")
+        #expect(Self.message("teacher: {devices: [0, 5]}\ndevices: {count: 2}")
+            == "run.yaml: teacher.devices [0, 5] must be ids below devices.count (2)")
+        #expect(Self.message("run: [1, 2]") == "run.yaml:1: section 'run' must be a mapping of keys")
+        #expect(Self.message("a: b: c").hasPrefix("run.yaml: not valid YAML"))
+    }
+
+    @Test func byteSizes() {
+        #expect(ByteSize(parsing: "80GiB")?.bytes == 80 << 30)
+        #expect(ByteSize(parsing: "1.5GB")?.bytes == 1_500_000_000)
+        #expect(ByteSize(parsing: "512 MiB")?.bytes == 512 << 20)
+        #expect(ByteSize(parsing: "4096")?.bytes == 4096)
+        #expect(ByteSize(parsing: "lots") == nil)
+    }
+}
