@@ -1,9 +1,18 @@
 // swift-tools-version:6.1
 import PackageDescription
 
+// The numeric kernels use SIMD8<Float>: with AVX2 and FMA (x86-64 since Haswell) a vector is
+// one ymm register and addProduct one vfmadd; without them every lane is a libm fmaf call.
+#if arch(x86_64)
+let cpuFlags = ["-target-cpu", "haswell"]
+#else
+let cpuFlags: [String] = []
+#endif
+
 // Release builds of the numeric targets skip bounds and overflow checks: every hot loop
 // already runs over unsafe buffers whose extents are checked once at the op boundary.
 let numericSettings: [SwiftSetting] = [
+    .unsafeFlags(cpuFlags),
     .unsafeFlags(["-Ounchecked", "-wmo"], .when(configuration: .release)),
     .swiftLanguageMode(.v5),
 ]

@@ -14,7 +14,12 @@ public enum Kernels {
     @inlinable @inline(__always)
     public static func exp(_ x: Vec) -> Vec {
         let clamped = x.clamped(lowerBound: Vec(repeating: -87.33654), upperBound: Vec(repeating: 88.72284))
-        let n = (clamped * 1.442695041).rounded(.toNearestOrEven)
+        // Adding 1.5·2^23 rounds x·log2(e) to the nearest integer n and leaves n in the low
+        // mantissa bits: the rounding and the float→int conversion in one add (Swift's generic
+        // SIMD conversions run lane by lane).
+        let magic = Vec(repeating: 12_582_912)
+        let shifted = clamped * 1.442695041 + magic
+        let n = shifted - magic
         var r = clamped - n * 0.693145751953125
         r = r - n * 1.428606765330187e-06
         var p = Vec(repeating: 1.9875691500e-4)
@@ -24,8 +29,9 @@ public enum Kernels {
         p = p * r + 1.6666665459e-1
         p = p * r + 5.0000001201e-1
         p = (p * r) * r + r + 1
-        let bits = (SIMD8<Int32>(n) &+ 127) &<< 23
-        var result = p * unsafeBitCast(bits, to: Vec.self)
+        let integer = unsafeBitCast(shifted, to: SIMD8<Int32>.self) &- 0x4B40_0000
+        let scale = unsafeBitCast((integer &+ 127) &<< 23, to: Vec.self)
+        var result = p * scale
         result.replace(with: 0, where: x .< -87.33654)
         result.replace(with: .infinity, where: x .> 88.72284)
         return result

@@ -45,6 +45,15 @@ final class MappedFile: @unchecked Sendable {
     deinit {
         if size > 0 { munmap(base, size) } else { base.deallocate() }
     }
+
+    /// Drops the pages of `range` from memory once they have been copied out (they are re-read
+    /// from the file if touched again), so a widened 16-bit checkpoint is not resident twice.
+    func release(_ range: Range<Int>) {
+        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+        let start = range.lowerBound / page * page
+        guard size > 0, range.upperBound > start else { return }
+        madvise(base + start, range.upperBound - start, MADV_DONTNEED)
+    }
 }
 
 /// One tensor's entry in a safetensors header.
@@ -124,13 +133,14 @@ public final class SafetensorsFile: @unchecked Sendable {
             let tensor = try Tensor(uninitializedShape: info.shape, on: device)
             UnsafeMutableRawPointer(tensor.data).copyMemory(from: source, byteCount: info.count * 4)
             return tensor
-        case .bf16:
+        case .bf16, .f16:
             let tensor = try Tensor(uninitializedShape: info.shape, on: device)
-            Conversion.widenBF16(source, into: tensor.data, count: info.count)
-            return tensor
-        case .f16:
-            let tensor = try Tensor(uninitializedShape: info.shape, on: device)
-            Conversion.widenF16(source, into: tensor.data, count: info.count)
+            if info.dtype == .bf16 {
+                Conversion.widenBF16(source, into: tensor.data, count: info.count)
+            } else {
+                Conversion.widenF16(source, into: tensor.data, count: info.count)
+            }
+            file.release(info.byteRange)
             return tensor
         default:
             throw KDError("\(path): tensor '\(name)': dtype \(info.dtype.rawValue) is not a floating-point weight (kd reads F32, BF16, F16)")
@@ -148,14 +158,27 @@ public final class SafetensorsFile: @unchecked Sendable {
 public enum Conversion {
     public static func widenBF16(_ source: UnsafeRawPointer, into out: UnsafeMutablePointer<Float>, count: Int) {
         let halves = source.assumingMemoryBound(to: UInt16.self)
-        out.withMemoryRebound(to: UInt32.self, capacity: count) { bits in
-            for i in 0..<count { bits[i] = UInt32(UInt16(littleEndian: halves[i])) << 16 }
+        inParallelChunks(count) { range in
+            out.withMemoryRebound(to: UInt32.self, capacity: count) { bits in
+                for i in range { bits[i] = UInt32(UInt16(littleEndian: halves[i])) << 16 }
+            }
         }
     }
 
     public static func widenF16(_ source: UnsafeRawPointer, into out: UnsafeMutablePointer<Float>, count: Int) {
         let halves = source.assumingMemoryBound(to: UInt16.self)
-        for i in 0..<count { out[i] = Float(Float16(bitPattern: UInt16(littleEndian: halves[i]))) }
+        inParallelChunks(count) { range in
+            for i in range { out[i] = Float(Float16(bitPattern: UInt16(littleEndian: halves[i]))) }
+        }
+    }
+
+    /// Splits 0..<count into chunks of 1 Mi elements run on all cores (the page faults of a
+    /// fresh buffer cost as much as the conversion, and both parallelise).
+    static func inParallelChunks(_ count: Int, _ body: (Range<Int>) -> Void) {
+        let chunk = 1 << 20
+        let chunks = (count + chunk - 1) / chunk
+        if chunks <= 1 { return body(0..<count) }
+        DispatchQueue.concurrentPerform(iterations: chunks) { c in body((c * chunk)..<min(count, (c + 1) * chunk)) }
     }
 
     /// f32 → bf16 with round-to-nearest-even, as torch's `.to(torch.bfloat16)`.
