@@ -4,6 +4,11 @@ import KDCore
 /// A JSON Lines file read record by record; every error names the file and line.
 public struct JSONLines {
     public struct Record {
+        public init(line: Int, object: [String: Any]) {
+            self.line = line
+            self.object = object
+        }
+
         public let line: Int
         public let object: [String: Any]
     }

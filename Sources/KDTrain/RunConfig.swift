@@ -1,5 +1,6 @@
 import Foundation
 import KDCore
+import KDText
 import Yams
 
 /// A training run's configuration: the YAML file, with `--set key.path=value` overrides.
@@ -97,8 +98,6 @@ public struct RunConfig: Equatable, Sendable {
 }
 
 public enum LoRAInit: String, CaseIterable, Sendable { case `default`, gaussian, pissa }
-public enum DataFormat: String, CaseIterable, Sendable { case auto, chat, prompt_response, gsm8k, humaneval, tokens }
-public enum BadRecordPolicy: String, CaseIterable, Sendable { case error, skip }
 public enum LRSchedule: String, CaseIterable, Sendable { case constant, linear, cosine }
 
 // MARK: - Schema

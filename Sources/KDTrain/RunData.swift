@@ -1,0 +1,40 @@
+import Foundation
+import KDCore
+import KDText
+
+extension RunConfig {
+    /// The dataset options of the `data` section.
+    public var datasetOptions: DatasetOptions {
+        DatasetOptions(format: data.format, maxSeqLen: data.maxSeqLen, trainOnPrompt: data.trainOnPrompt,
+                       onBadRecord: data.onBadRecord)
+    }
+
+    /// The directory the tokenizer is read from: `data.tokenizer`, else the student's.
+    public var tokenizerDirectory: String { data.tokenizer ?? student.path }
+
+    /// The tokenizer, or nil when the data is pre-tokenized and no tokenizer.json is at hand.
+    public func loadTokenizer(required: Bool) throws -> Tokenizer? {
+        let directory = tokenizerDirectory
+        let file = (directory as NSString).appendingPathComponent("tokenizer.json")
+        if !required && !FileManager.default.fileExists(atPath: file) { return nil }
+        guard !directory.isEmpty else { throw KDError("data.tokenizer (or student.path) is required for text data") }
+        return try Tokenizer.load(directory: directory)
+    }
+
+    /// Loads one of the data files with the run's options.
+    public func loadDataset(_ path: String?, key: String) throws -> Dataset {
+        guard let path else { throw KDError("\(key) is required") }
+        let needsTokenizer = data.format != .tokens && !Self.looksPreTokenized(path)
+        return try Dataset(path: path, tokenizer: try loadTokenizer(required: needsTokenizer), options: datasetOptions)
+    }
+
+    /// Whether a file's first record is `{"input_ids": ...}` (then no tokenizer is needed).
+    static func looksPreTokenized(_ path: String) -> Bool {
+        guard let handle = FileHandle(forReadingAtPath: path) else { return false }
+        defer { try? handle.close() }
+        let head = handle.readData(ofLength: 1 << 16)
+        guard let line = head.split(separator: UInt8(ascii: "\n")).first,
+              let object = try? JSONSerialization.jsonObject(with: Data(line)) as? [String: Any] else { return false }
+        return Dataset.detect(object) == .tokens
+    }
+}
