@@ -255,3 +255,69 @@ public enum Kernels {
         }
     }
 }
+
+// MARK: - Backward kernels
+
+extension Kernels {
+    /// RMSNorm backward for rows of y = w·x·r, r = 1/sqrt(mean(x²)+eps), with w frozen:
+    /// dx = r·(w·dy) − x·r³·mean((w·dy)·x). Accumulates into `dx` when `accumulate`.
+    @inlinable
+    public static func rmsNormBackward(
+        _ dy: UnsafePointer<Float>, x: UnsafePointer<Float>, weight: UnsafePointer<Float>,
+        inverseRMS: UnsafePointer<Float>, rows: Int, cols: Int, into dx: UnsafeMutablePointer<Float>,
+        accumulate: Bool
+    ) {
+        for row in 0..<rows {
+            let dyr = dy + row * cols, xr = x + row * cols, dxr = dx + row * cols
+            let r = inverseRMS[row]
+            var acc = Vec.zero
+            var i = 0
+            while i + 8 <= cols {
+                acc.addProduct(load(weight + i) * load(dyr + i), load(xr + i))
+                i += 8
+            }
+            var dot = acc.sum()
+            while i < cols {
+                dot += weight[i] * dyr[i] * xr[i]
+                i += 1
+            }
+            let c = r * r * r * dot / Float(cols)
+            i = 0
+            while i + 8 <= cols {
+                var g = load(weight + i) * load(dyr + i) * r - load(xr + i) * c
+                if accumulate { g += load(dxr + i) }
+                store(g, dxr + i)
+                i += 8
+            }
+            while i < cols {
+                let g = weight[i] * dyr[i] * r - xr[i] * c
+                dxr[i] = accumulate ? dxr[i] + g : g
+                i += 1
+            }
+        }
+    }
+
+    /// SwiGLU backward for out = silu(g)·u: du = dout·silu(g), dg = dout·u·σ(g)·(1 + g·(1 − σ(g))).
+    /// Writes dg over `gate` and du over `up` (their forward values are consumed).
+    @inlinable
+    public static func swigluBackward(
+        _ dout: UnsafePointer<Float>, gate: UnsafeMutablePointer<Float>, up: UnsafeMutablePointer<Float>, count: Int
+    ) {
+        var i = 0
+        while i + 8 <= count {
+            let g = load(gate + i), u = load(up + i), d = load(dout + i)
+            let sigmoid = 1 / (1 + exp(-g))
+            let silu = g * sigmoid
+            store(d * u * sigmoid * (1 + g * (1 - sigmoid)), gate + i)
+            store(d * silu, up + i)
+            i += 8
+        }
+        while i < count {
+            let g = gate[i], u = up[i], d = dout[i]
+            let sigmoid = 1 / (1 + exp(-g))
+            gate[i] = d * u * sigmoid * (1 + g * (1 - sigmoid))
+            up[i] = d * g * sigmoid
+            i += 1
+        }
+    }
+}

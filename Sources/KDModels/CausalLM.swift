@@ -97,8 +97,12 @@ public final class CausalLM {
         }
     }
 
-    /// The final-normed hidden states [rows, hidden] on the last device.
-    public func hiddenStates(_ batch: TokenBatch) throws -> Tensor {
+    /// What a training forward keeps for backward beyond the layers' own saved activations.
+    private var trainingState: (context: ForwardContext, finalInput: Tensor, finalInverseRMS: Tensor)?
+
+    /// The final-normed hidden states [rows, hidden] on the last device. With `training`, every
+    /// layer keeps what its backward needs (call `backward` next).
+    public func hiddenStates(_ batch: TokenBatch, training: Bool = false) throws -> Tensor {
         try checkTokens(batch)
         let context = ForwardContext(batch: batch, headDim: spec.headDim, ropeTheta: spec.ropeTheta)
         let hidden = spec.hiddenSize
@@ -112,17 +116,44 @@ public final class CausalLM {
         for stage in placement.stages where !stage.layers.isEmpty {
             let device = group.devices[stage.deviceIndex]
             x = try x.to(device)
+            let input = x
             try device.run { [self] in
-                for layer in layers[stage.layers] { try layer.forward(x, context: context) }
+                for layer in layers[stage.layers] { try layer.forward(input, context: context, training: training) }
             }
         }
         x = try x.to(lastDevice)
         let input = x
-        return try lastDevice.run { [self] in
+        let (normed, inverseRMS) = try lastDevice.run { [self] in
             let normed = try Tensor(uninitializedShape: input.shape, on: lastDevice)
+            let inverseRMS = try Tensor(uninitializedShape: [batch.tokenCount], on: lastDevice)
             Kernels.rmsNorm(input.data, weight: finalNorm.data, rows: batch.tokenCount, cols: hidden,
-                            eps: spec.rmsNormEps, into: normed.data)
-            return normed
+                            eps: spec.rmsNormEps, into: normed.data, inverseRMS: inverseRMS.data)
+            return (normed, inverseRMS)
+        }
+        trainingState = training ? (context, input, inverseRMS) : nil
+        return normed
+    }
+
+    /// Backward from d(final hidden states) [rows, hidden] on the last device through every
+    /// layer, stage by stage in reverse; the adapters' gradients accumulate.
+    public func backward(_ dHidden: Tensor) throws {
+        guard let state = trainingState else { throw KDError("backward without a training forward pass") }
+        trainingState = nil
+        let rows = state.context.rows, hidden = spec.hiddenSize
+        var dx = try lastDevice.run { [self] in
+            let dx = try Tensor(uninitializedShape: [rows, hidden], on: lastDevice)
+            Kernels.rmsNormBackward(dHidden.data, x: state.finalInput.data, weight: finalNorm.data,
+                                    inverseRMS: state.finalInverseRMS.data, rows: rows, cols: hidden, into: dx.data,
+                                    accumulate: false)
+            return dx
+        }
+        for stage in placement.stages.reversed() where !stage.layers.isEmpty {
+            let device = group.devices[stage.deviceIndex]
+            dx = try dx.to(device)
+            let gradient = dx
+            try device.run { [self] in
+                for layer in layers[stage.layers].reversed() { try layer.backward(gradient, context: state.context) }
+            }
         }
     }
 

@@ -163,17 +163,15 @@ public enum LoRAShapes {
     }
 
     /// Targeted linears of one layer, named as the checkpoint names them (experts included, as PEFT does).
-    public static func adapters(spec: ModelSpec, layer: Int, lora: RunConfig.LoRA) -> [Adapter] {
+    public static func adapters(spec: ModelSpec, layer: Int, lora: LoRASettings) -> [Adapter] {
         spec.layerTensors(layer).compactMap { tensor in
-            let parts = tensor.name.split(separator: ".")
-            guard parts.count >= 2, parts.last == "weight", tensor.shape.count == 2,
-                  lora.targetModules.contains(String(parts[parts.count - 2])) else { return nil }
-            return Adapter(name: String(tensor.name.dropLast(".weight".count)), inFeatures: tensor.shape[1],
-                           outFeatures: tensor.shape[0], rank: lora.r)
+            let name = String(tensor.name.dropLast(".weight".count))
+            guard tensor.name.hasSuffix(".weight"), tensor.shape.count == 2, lora.targets(name) else { return nil }
+            return Adapter(name: name, inFeatures: tensor.shape[1], outFeatures: tensor.shape[0], rank: lora.r)
         }
     }
 
-    public static func parameterCount(spec: ModelSpec, lora: RunConfig.LoRA) -> Int {
+    public static func parameterCount(spec: ModelSpec, lora: LoRASettings) -> Int {
         (0..<spec.numLayers).reduce(0) { total, layer in
             total + adapters(spec: spec, layer: layer, lora: lora).reduce(0) { $0 + $1.parameters }
         }

@@ -1,5 +1,6 @@
 import Foundation
 import KDCore
+import KDModels
 import KDText
 import Yams
 
@@ -23,18 +24,7 @@ public struct RunConfig: Equatable, Sendable {
         public var devices: [Int]
     }
 
-    public struct LoRA: Equatable, Sendable {
-        public var r = 16
-        public var alpha: Double = 32
-        public var dropout: Double = 0.05
-        public var targetModules = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-        public var useRSLoRA = false
-        public var initMethod = LoRAInit.default
-        public var initFrom: String? = nil
-
-        /// The factor s in y = Wx + s·B·A·x.
-        public var scale: Float { Float(useRSLoRA ? alpha / Double(r).squareRoot() : alpha / Double(r)) }
-    }
+    public typealias LoRA = LoRASettings
 
     public struct Distill: Equatable, Sendable {
         public var alpha: Double = 0.8
@@ -97,7 +87,6 @@ public struct RunConfig: Equatable, Sendable {
     }
 }
 
-public enum LoRAInit: String, CaseIterable, Sendable { case `default`, gaussian, pissa }
 public enum LRSchedule: String, CaseIterable, Sendable { case constant, linear, cosine }
 
 // MARK: - Schema
@@ -362,7 +351,7 @@ extension RunConfig {
         try require(lora.r >= 1, "lora.r", "must be at least 1")
         try require(lora.alpha > 0, "lora.alpha", "must be positive")
         try require(lora.dropout >= 0 && lora.dropout < 1, "lora.dropout", "must be in [0, 1)")
-        let modules = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+        let modules = LoRASettings.allTargets
         for module in lora.targetModules where !modules.contains(module) {
             throw KDError("\(file): lora.target_modules: unknown module '\(module)'\(RunConfig.suggestion(for: module, among: modules))")
         }

@@ -4,11 +4,22 @@ import KDCore
 /// Qwen3 self-attention: q/k/v projections, RMSNorm of each query and key head (before the
 /// rotary embedding), half-split RoPE, grouped-query causal attention with a key-padding mask,
 /// and the output projection.
+///
+/// Training keeps the projections before and after norm + rope and the attention output; the
+/// attention probabilities are recomputed in backward rather than stored (S² per head).
 public final class Attention {
     public let qProj, kProj, vProj, oProj: Linear
     public let qNorm, kNorm: Tensor
     public let heads, kvHeads, headDim: Int
     public let eps: Float
+
+    struct Saved {
+        let qRaw, kRaw: Tensor  // projections before the head norms
+        let qInverseRMS, kInverseRMS: Tensor  // [rows·heads], [rows·kvHeads]
+        let q, k, v: Tensor  // after norm and rope: what attention consumed
+        let attended: Tensor  // attention output before o_proj
+    }
+    private var saved: Saved?
 
     public init(
         qProj: Linear, kProj: Linear, vProj: Linear, oProj: Linear, qNorm: Tensor, kNorm: Tensor,
@@ -22,63 +33,144 @@ public final class Attention {
     public var linears: [Linear] { [qProj, kProj, vProj, oProj] }
 
     /// x: the normed hidden states [rows, hidden]; returns the attention output [rows, hidden].
-    public func forward(_ x: Tensor, context: ForwardContext) throws -> Tensor {
-        let rows = context.rows
-        let q = try qProj.forward(x, rows: rows)
-        let k = try kProj.forward(x, rows: rows)
-        let v = try vProj.forward(x, rows: rows)
-        // Per-head RMSNorm in place: each head is a row of headDim values.
-        Kernels.rmsNorm(q.data, weight: qNorm.data, rows: rows * heads, cols: headDim, eps: eps, into: q.data)
-        Kernels.rmsNorm(k.data, weight: kNorm.data, rows: rows * kvHeads, cols: headDim, eps: eps, into: k.data)
-        context.cos.withUnsafeBufferPointer { cos in
-            context.sin.withUnsafeBufferPointer { sin in
-                Kernels.rope(q.data, rows: rows, heads: heads, headDim: headDim, stride: heads * headDim,
-                             cos: cos.baseAddress!, sin: sin.baseAddress!)
-                Kernels.rope(k.data, rows: rows, heads: kvHeads, headDim: headDim, stride: kvHeads * headDim,
-                             cos: cos.baseAddress!, sin: sin.baseAddress!)
-            }
-        }
-        let attended = try Tensor(uninitializedShape: [rows, heads * headDim], on: x.device)
+    public func forward(_ x: Tensor, context: ForwardContext, training: Bool = false) throws -> Tensor {
+        let rows = context.rows, device = x.device
+        let qRaw = try qProj.forward(x, rows: rows, training: training)
+        let kRaw = try kProj.forward(x, rows: rows, training: training)
+        let v = try vProj.forward(x, rows: rows, training: training)
+        let q = training ? try Tensor(uninitializedShape: qRaw.shape, on: device) : qRaw
+        let k = training ? try Tensor(uninitializedShape: kRaw.shape, on: device) : kRaw
+        let qInverseRMS = try Tensor(uninitializedShape: [rows * heads], on: device)
+        let kInverseRMS = try Tensor(uninitializedShape: [rows * kvHeads], on: device)
+        // Per-head RMSNorm: each head is a row of headDim values.
+        Kernels.rmsNorm(qRaw.data, weight: qNorm.data, rows: rows * heads, cols: headDim, eps: eps, into: q.data,
+                        inverseRMS: qInverseRMS.data)
+        Kernels.rmsNorm(kRaw.data, weight: kNorm.data, rows: rows * kvHeads, cols: headDim, eps: eps, into: k.data,
+                        inverseRMS: kInverseRMS.data)
+        rotate(q, heads: heads, context: context, inverse: false)
+        rotate(k, heads: kvHeads, context: context, inverse: false)
+        let attended = try Tensor(uninitializedShape: [rows, heads * headDim], on: device)
         try attend(q: q, k: k, v: v, into: attended, context: context)
-        return try oProj.forward(attended, rows: rows)
+        if training {
+            saved = Saved(qRaw: qRaw, kRaw: kRaw, qInverseRMS: qInverseRMS, kInverseRMS: kInverseRMS, q: q, k: k, v: v,
+                          attended: attended)
+        }
+        return try oProj.forward(attended, rows: rows, training: training)
     }
 
-    /// Causal grouped-query attention, one (batch row, head) at a time through sgemm:
-    /// scores = q·kᵀ/√d over keys j ≤ i that are not padding, softmax, then · v.
+    func rotate(_ x: Tensor, heads: Int, context: ForwardContext, inverse: Bool) {
+        context.cos.withUnsafeBufferPointer { cos in
+            context.sin.withUnsafeBufferPointer { sin in
+                Kernels.rope(x.data, rows: context.rows, heads: heads, headDim: headDim, stride: heads * headDim,
+                             cos: cos.baseAddress!, sin: sin.baseAddress!, inverse: inverse)
+            }
+        }
+    }
+
+    /// The pointers of one (batch row, head) block and its kv head within [rows, heads·headDim] buffers.
+    private struct Block {
+        let q, k, v, out: Int  // element offsets
+    }
+
+    private func block(batch b: Int, head h: Int, sequence: Int) -> Block {
+        let kvHead = h / (heads / kvHeads)
+        return Block(q: b * sequence * heads * headDim + h * headDim,
+                     k: b * sequence * kvHeads * headDim + kvHead * headDim,
+                     v: b * sequence * kvHeads * headDim + kvHead * headDim,
+                     out: b * sequence * heads * headDim + h * headDim)
+    }
+
+    /// Scores q·kᵀ/√d of one block into `scores` [seq, seq], then the causal, key-masked softmax
+    /// row by row (entries after the diagonal are zero).
+    private func probabilities(q: UnsafePointer<Float>, k: UnsafePointer<Float>, mask: UnsafePointer<UInt8>,
+                               sequence seq: Int, into scores: UnsafeMutablePointer<Float>) {
+        BLAS.gemm(transB: true, m: seq, n: seq, k: headDim, alpha: 1 / Float(headDim).squareRoot(), a: q,
+                  lda: heads * headDim, b: k, ldb: kvHeads * headDim, c: scores, ldc: seq)
+        for i in 0..<seq {
+            let row = scores + i * seq
+            var visible = 0
+            for j in 0...i {
+                if mask[j] == 0 { row[j] = -.infinity } else { visible += 1 }
+            }
+            if visible > 0 {
+                Kernels.softmax(row, count: i + 1)
+            } else {
+                row.update(repeating: 0, count: i + 1)
+            }
+            (row + i + 1).update(repeating: 0, count: seq - i - 1)
+        }
+    }
+
+    /// Causal grouped-query attention, one (batch row, head) at a time through sgemm.
     func attend(q: Tensor, k: Tensor, v: Tensor, into out: Tensor, context: ForwardContext) throws {
         let seq = context.sequenceLength
-        let qStride = heads * headDim, kvStride = kvHeads * headDim
-        let group = heads / kvHeads
-        let scale = 1 / Float(headDim).squareRoot()
         let scores = try Tensor(uninitializedShape: [seq, seq], on: q.device)
-        let s = scores.data
         context.keyMask.withUnsafeBufferPointer { keyMask in
-          for b in 0..<context.batchSize {
-            let mask = keyMask.baseAddress! + b * seq
-            for h in 0..<heads {
-                let kvHead = h / group
-                let qBase = q.data + b * seq * qStride + h * headDim
-                let kBase = k.data + b * seq * kvStride + kvHead * headDim
-                let vBase = v.data + b * seq * kvStride + kvHead * headDim
-                BLAS.gemm(transB: true, m: seq, n: seq, k: headDim, alpha: scale, a: qBase, lda: qStride,
-                          b: kBase, ldb: kvStride, c: s, ldc: seq)
-                for i in 0..<seq {
-                    let row = s + i * seq
-                    var visible = 0
-                    for j in 0...i {
-                        if mask[j] == 0 { row[j] = -.infinity } else { visible += 1 }
-                    }
-                    if visible > 0 {
-                        Kernels.softmax(row, count: i + 1)
-                    } else {
-                        (row).update(repeating: 0, count: i + 1)
-                    }
-                    (row + i + 1).update(repeating: 0, count: seq - i - 1)
+            for b in 0..<context.batchSize {
+                for h in 0..<heads {
+                    let p = block(batch: b, head: h, sequence: seq)
+                    probabilities(q: q.data + p.q, k: k.data + p.k, mask: keyMask.baseAddress! + b * seq,
+                                  sequence: seq, into: scores.data)
+                    BLAS.gemm(m: seq, n: headDim, k: seq, a: scores.data, lda: seq, b: v.data + p.v,
+                              ldb: kvHeads * headDim, c: out.data + p.out, ldc: heads * headDim)
                 }
-                BLAS.gemm(m: seq, n: headDim, k: seq, a: s, lda: seq, b: vBase, ldb: kvStride,
-                          c: out.data + b * seq * qStride + h * headDim, ldc: qStride)
             }
-          }
         }
+    }
+
+    /// Given d(output) [rows, hidden], returns d(input) [rows, hidden] and accumulates the
+    /// adapters' gradients.
+    public func backward(_ dOut: Tensor, context: ForwardContext) throws -> Tensor {
+        guard let saved else { throw KDError("attention backward without a training forward pass") }
+        self.saved = nil
+        let rows = context.rows, seq = context.sequenceLength, device = dOut.device
+        let qStride = heads * headDim, kvStride = kvHeads * headDim
+        let dAttended = try Tensor(uninitializedShape: [rows, qStride], on: device)
+        try oProj.backward(dOut, rows: rows, into: dAttended, accumulate: false)
+
+        let dq = try Tensor(uninitializedShape: [rows, qStride], on: device)
+        let dk = try Tensor.zeros([rows, kvStride], on: device)
+        let dv = try Tensor.zeros([rows, kvStride], on: device)
+        let p = try Tensor(uninitializedShape: [seq, seq], on: device)
+        let dp = try Tensor(uninitializedShape: [seq, seq], on: device)
+        let scale = 1 / Float(headDim).squareRoot()
+        context.keyMask.withUnsafeBufferPointer { keyMask in
+            for b in 0..<context.batchSize {
+                for h in 0..<heads {
+                    let o = block(batch: b, head: h, sequence: seq)
+                    probabilities(q: saved.q.data + o.q, k: saved.k.data + o.k, mask: keyMask.baseAddress! + b * seq,
+                                  sequence: seq, into: p.data)
+                    // dV += Pᵀ·dO; dP = dO·Vᵀ
+                    BLAS.gemm(transA: true, m: seq, n: headDim, k: seq, a: p.data, lda: seq,
+                              b: dAttended.data + o.out, ldb: qStride, beta: 1, c: dv.data + o.v, ldc: kvStride)
+                    BLAS.gemm(transB: true, m: seq, n: seq, k: headDim, a: dAttended.data + o.out, lda: qStride,
+                              b: saved.v.data + o.v, ldb: kvStride, c: dp.data, ldc: seq)
+                    // dS = P ⊙ (dP − rowsum(P ⊙ dP)), in place over dP.
+                    for i in 0..<seq {
+                        let pr = p.data + i * seq, dr = dp.data + i * seq
+                        let d = Kernels.dot(pr, dr, count: i + 1)
+                        for j in 0...i { dr[j] = pr[j] * (dr[j] - d) }
+                        (dr + i + 1).update(repeating: 0, count: seq - i - 1)
+                    }
+                    // dQ = dS·K/√d; dK += dSᵀ·Q/√d
+                    BLAS.gemm(m: seq, n: headDim, k: seq, alpha: scale, a: dp.data, lda: seq, b: saved.k.data + o.k,
+                              ldb: kvStride, c: dq.data + o.q, ldc: qStride)
+                    BLAS.gemm(transA: true, m: seq, n: headDim, k: seq, alpha: scale, a: dp.data, lda: seq,
+                              b: saved.q.data + o.q, ldb: qStride, beta: 1, c: dk.data + o.k, ldc: kvStride)
+                }
+            }
+        }
+        // Undo the rotation (it is orthogonal), then the head norms.
+        rotate(dq, heads: heads, context: context, inverse: true)
+        rotate(dk, heads: kvHeads, context: context, inverse: true)
+        Kernels.rmsNormBackward(dq.data, x: saved.qRaw.data, weight: qNorm.data, inverseRMS: saved.qInverseRMS.data,
+                                rows: rows * heads, cols: headDim, into: dq.data, accumulate: false)
+        Kernels.rmsNormBackward(dk.data, x: saved.kRaw.data, weight: kNorm.data, inverseRMS: saved.kInverseRMS.data,
+                                rows: rows * kvHeads, cols: headDim, into: dk.data, accumulate: false)
+        let dx = try Tensor(uninitializedShape: [rows, qProj.inFeatures], on: device)
+        try qProj.backward(dq, rows: rows, into: dx, accumulate: false)
+        try kProj.backward(dk, rows: rows, into: dx, accumulate: true)
+        try vProj.backward(dv, rows: rows, into: dx, accumulate: true)
+        return dx
     }
 }

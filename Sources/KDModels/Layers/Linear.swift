@@ -1,7 +1,8 @@
 import KDCore
 
 /// A frozen linear layer `y = x·Wᵀ` with an optional LoRA adapter, named as in the checkpoint
-/// (`model.layers.3.self_attn.q_proj`).
+/// (`model.layers.3.self_attn.q_proj`). Backward produces the input gradient and accumulates
+/// the adapter's gradients; W itself never trains.
 public final class Linear {
     public let name: String
     public let weight: Tensor
@@ -16,13 +17,21 @@ public final class Linear {
         self.weight = weight
     }
 
-    /// y[rows, out] = x[rows, in]·Wᵀ (+ s·B·A·dropout(x) when an adapter is attached).
-    public func forward(_ x: Tensor, rows: Int, saving: Bool = false) throws -> Tensor {
+    /// y[rows, out] = x[rows, in]·Wᵀ (+ s·B·A·dropout(x) with an adapter). In training the
+    /// adapter keeps what its backward needs.
+    public func forward(_ x: Tensor, rows: Int, training: Bool = false) throws -> Tensor {
         let y = try Tensor(uninitializedShape: [rows, outFeatures], on: device)
         BLAS.linear(x.data, rows: rows, inFeatures: inFeatures, weight: weight.data, outFeatures: outFeatures, into: y.data)
         if let adapter {
-            try adapter.forward(x, rows: rows, accumulateInto: y, saving: saving)
+            try adapter.forward(x, rows: rows, accumulateInto: y, training: training)
         }
         return y
+    }
+
+    /// dx (+)= dy·W plus the adapter's input path; the adapter's gradients accumulate.
+    public func backward(_ dy: Tensor, rows: Int, into dx: Tensor, accumulate: Bool) throws {
+        BLAS.gemm(m: rows, n: inFeatures, k: outFeatures, a: dy.data, lda: outFeatures, b: weight.data,
+                  ldb: inFeatures, beta: accumulate ? 1 : 0, c: dx.data, ldc: inFeatures)
+        try adapter?.backward(dy, rows: rows, accumulateInto: dx)
     }
 }

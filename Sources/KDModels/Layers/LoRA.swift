@@ -2,22 +2,26 @@ import Foundation
 import KDCore
 
 /// A LoRA adapter on one linear layer: `Δy = s · B·(A·dropout(x))`, A [r, in], B [out, r].
-/// Only A and B train; their gradients accumulate in `gradA` / `gradB` across backward calls.
+/// Only A and B train; `gradA` / `gradB` accumulate across backward calls until zeroed.
 public final class LoRAAdapter {
     public let a: Tensor
     public let b: Tensor
     public let scale: Float
     public let dropout: Float
-    public var gradA: Tensor?
-    public var gradB: Tensor?
-    /// Draws the dropout keep-mask for one forward pass (set by the trainer; nil = no dropout).
-    public var dropoutMask: ((_ count: Int) -> [Float])?
+    public private(set) var gradA: Tensor?
+    public private(set) var gradB: Tensor?
+    /// The dropout stream of the current forward pass: masks are drawn from it in forward and
+    /// drawn again, identically, in backward (so they need not be stored).
+    public var dropoutStream: RandomGenerator?
 
-    /// What forward keeps for backward: the (dropped-out) input and its projection A·x.
-    var savedInput: Tensor?
-    var savedProjection: Tensor?
+    /// What training forward keeps for backward: the (dropped-out) input and its projection A·x.
+    private var savedInput: Tensor?
+    private var savedProjection: Tensor?
 
     public var rank: Int { a.shape[0] }
+    public var inFeatures: Int { a.shape[1] }
+    public var outFeatures: Int { b.shape[0] }
+    public var parameterCount: Int { a.count + b.count }
 
     public init(a: Tensor, b: Tensor, scale: Float, dropout: Float = 0) {
         self.a = a
@@ -26,23 +30,70 @@ public final class LoRAAdapter {
         self.dropout = dropout
     }
 
-    func forward(_ x: Tensor, rows: Int, accumulateInto y: Tensor, saving: Bool) throws {
-        let inFeatures = a.shape[1], outFeatures = b.shape[0]
+    /// Allocates zeroed gradients (once) or zeroes them for a new optimizer step.
+    public func zeroGradients() throws {
+        if gradA == nil {
+            gradA = try Tensor.zeros(a.shape, on: a.device)
+            gradB = try Tensor.zeros(b.shape, on: b.device)
+        } else {
+            gradA!.data.update(repeating: 0, count: gradA!.count)
+            gradB!.data.update(repeating: 0, count: gradB!.count)
+        }
+    }
+
+    /// Releases what training forward kept (after backward, or when a pass is abandoned).
+    public func clearSaved() {
+        savedInput = nil
+        savedProjection = nil
+    }
+
+    /// The keep-mask scaled by 1/(1−p), as torch's Dropout: each element kept with probability 1−p.
+    private func fillDropoutMask(_ mask: UnsafeMutablePointer<Float>, count: Int, stream: RandomGenerator) {
+        var rng = stream
+        let keep = 1 / (1 - dropout)
+        for i in 0..<count { mask[i] = rng.nextUniform() >= dropout ? keep : 0 }
+    }
+
+    func forward(_ x: Tensor, rows: Int, accumulateInto y: Tensor, training: Bool) throws {
         var input = x
-        if dropout > 0, let dropoutMask {
+        if training && dropout > 0, let stream = dropoutStream {
             input = try Tensor(uninitializedShape: [rows, inFeatures], on: a.device)
-            let mask = dropoutMask(rows * inFeatures)
-            let keep = 1 / (1 - dropout)
-            for i in 0..<(rows * inFeatures) { input.data[i] = x.data[i] * mask[i] * keep }
+            fillDropoutMask(input.data, count: rows * inFeatures, stream: stream)
+            for i in 0..<(rows * inFeatures) { input.data[i] *= x.data[i] }
         }
         let projection = try Tensor(uninitializedShape: [rows, rank], on: a.device)
         BLAS.linear(input.data, rows: rows, inFeatures: inFeatures, weight: a.data, outFeatures: rank, into: projection.data)
-        BLAS.linear(
-            projection.data, rows: rows, inFeatures: rank, weight: b.data, outFeatures: outFeatures, into: y.data,
-            accumulate: true, scale: scale)
-        if saving {
+        BLAS.linear(projection.data, rows: rows, inFeatures: rank, weight: b.data, outFeatures: outFeatures, into: y.data,
+                    accumulate: true, scale: scale)
+        if training {
             savedInput = input
             savedProjection = projection
         }
+    }
+
+    /// gradB += s·dyᵀ·(A·x̃); gradA += (s·dy·B)ᵀ·x̃; dx += mask ⊙ (s·dy·B)·A.
+    func backward(_ dy: Tensor, rows: Int, accumulateInto dx: Tensor) throws {
+        guard let input = savedInput, let projection = savedProjection, let gradA, let gradB else {
+            throw KDError("LoRA backward without a training forward pass")
+        }
+        BLAS.gemm(transA: true, m: outFeatures, n: rank, k: rows, alpha: scale, a: dy.data, lda: outFeatures,
+                  b: projection.data, ldb: rank, beta: 1, c: gradB.data, ldc: rank)
+        let dProjection = try Tensor(uninitializedShape: [rows, rank], on: a.device)
+        BLAS.gemm(m: rows, n: rank, k: outFeatures, alpha: scale, a: dy.data, lda: outFeatures, b: b.data, ldb: rank,
+                  c: dProjection.data, ldc: rank)
+        BLAS.gemm(transA: true, m: rank, n: inFeatures, k: rows, a: dProjection.data, lda: rank, b: input.data,
+                  ldb: inFeatures, beta: 1, c: gradA.data, ldc: inFeatures)
+        if dropout > 0, let stream = dropoutStream {
+            let dInput = try Tensor(uninitializedShape: [rows, inFeatures], on: a.device)
+            BLAS.gemm(m: rows, n: inFeatures, k: rank, a: dProjection.data, lda: rank, b: a.data, ldb: inFeatures,
+                      c: dInput.data, ldc: inFeatures)
+            let mask = try Tensor(uninitializedShape: [rows, inFeatures], on: a.device)
+            fillDropoutMask(mask.data, count: rows * inFeatures, stream: stream)
+            for i in 0..<(rows * inFeatures) { dx.data[i] += dInput.data[i] * mask.data[i] }
+        } else {
+            BLAS.gemm(m: rows, n: inFeatures, k: rank, a: dProjection.data, lda: rank, b: a.data, ldb: inFeatures,
+                      beta: 1, c: dx.data, ldc: inFeatures)
+        }
+        clearSaved()
     }
 }

@@ -1,0 +1,168 @@
+import Foundation
+import KDCore
+
+/// How LoRA adapters are shaped and initialised (the `lora` section of a run config).
+public struct LoRASettings: Equatable, Sendable {
+    public static let allTargets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+    public var r = 16
+    public var alpha: Double = 32
+    public var dropout: Double = 0.05
+    public var targetModules = LoRASettings.allTargets
+    public var useRSLoRA = false
+    public var initMethod = LoRAInit.default
+    public var initFrom: String? = nil
+
+    public init() {}
+
+    /// The factor s in y = Wx + s·B·A·x: alpha/r, or alpha/√r with rank-stabilised LoRA.
+    public var scale: Float { Float(useRSLoRA ? alpha / Double(r).squareRoot() : alpha / Double(r)) }
+
+    /// Whether a linear layer (by checkpoint name) gets an adapter: its last name component is a
+    /// target, as PEFT matches a list of target_modules.
+    public func targets(_ linearName: String) -> Bool {
+        targetModules.contains(String(linearName.split(separator: ".").last ?? ""))
+    }
+}
+
+public enum LoRAInit: String, CaseIterable, Sendable { case `default`, gaussian, pissa }
+
+/// Reading and writing adapters in the PEFT layout: `adapter_config.json` and
+/// `adapter_model.safetensors` with keys `base_model.model.<linear>.lora_A.weight` / `lora_B`.
+public enum PEFTAdapter {
+    public static let configName = "adapter_config.json"
+    public static let weightsName = "adapter_model.safetensors"
+
+    public static func key(_ linear: String, _ matrix: String) -> String { "base_model.model.\(linear).lora_\(matrix).weight" }
+
+    /// Reads the settings of an adapter directory, refusing what kd does not implement.
+    public static func settings(directory: String) throws -> LoRASettings {
+        let path = (directory as NSString).appendingPathComponent(configName)
+        guard let data = FileManager.default.contents(atPath: path) else { throw KDError("\(path): no such file") }
+        guard let config = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else {
+            throw KDError("\(path): not a JSON object")
+        }
+        guard (config["peft_type"] as? String)?.uppercased() == "LORA" else {
+            throw KDError("\(path): peft_type \(config["peft_type"] ?? "missing") is not LORA")
+        }
+        guard let r = config["r"] as? Int, r >= 1 else { throw KDError("\(path): \"r\" must be a positive integer") }
+        var settings = LoRASettings()
+        settings.r = r
+        settings.alpha = (config["lora_alpha"] as? Double) ?? Double(r)
+        settings.dropout = (config["lora_dropout"] as? Double) ?? 0
+        settings.useRSLoRA = (config["use_rslora"] as? Bool) ?? false
+        if let modules = config["target_modules"] as? [String] {
+            settings.targetModules = modules
+        } else {
+            throw KDError("\(path): target_modules must be a list of module names")
+        }
+        for key in ["rank_pattern", "alpha_pattern"] {
+            if let pattern = config[key] as? [String: Any], !pattern.isEmpty {
+                throw KDError("\(path): \(key) is not supported (one rank and alpha for every module)")
+            }
+        }
+        if (config["fan_in_fan_out"] as? Bool) == true { throw KDError("\(path): fan_in_fan_out is not supported") }
+        if let bias = config["bias"] as? String, bias != "none" { throw KDError("\(path): bias '\(bias)' is not supported") }
+        if (config["use_dora"] as? Bool) == true { throw KDError("\(path): DoRA adapters are not supported") }
+        return settings
+    }
+
+    /// Attaches the adapter in `directory` to `model`'s targeted linears, checking every tensor.
+    public static func attach(directory: String, to model: CausalLM, dropout: Float? = nil) throws -> LoRASettings {
+        let settings = try settings(directory: directory)
+        let file = try SafetensorsFile(path: (directory as NSString).appendingPathComponent(weightsName))
+        var used = Set<String>()
+        for linear in model.linears where settings.targets(linear.name) {
+            var pair: [Tensor] = []
+            for (matrix, shape) in [("A", [settings.r, linear.inFeatures]), ("B", [linear.outFeatures, settings.r])] {
+                let name = key(linear.name, matrix)
+                guard let info = file.tensors[name] else { throw KDError("\(file.path): missing tensor '\(name)'") }
+                guard info.shape == shape else {
+                    throw KDError("\(file.path): tensor '\(name)' has shape \(info.shape), the model implies \(shape)")
+                }
+                pair.append(try linear.device.run { try file.load(name, on: linear.device).clone() })
+                used.insert(name)
+            }
+            linear.adapter = LoRAAdapter(a: pair[0], b: pair[1], scale: settings.scale,
+                                         dropout: dropout ?? Float(settings.dropout))
+        }
+        guard !used.isEmpty else {
+            throw KDError("\(directory): the adapter targets \(settings.targetModules) but the model has no such linear layers")
+        }
+        if let extra = file.tensors.keys.sorted().first(where: { !used.contains($0) }) {
+            throw KDError("\(file.path): unexpected tensor '\(extra)' (not a targeted linear of this model)")
+        }
+        return settings
+    }
+
+    /// Fresh adapters on every targeted linear: A kaiming-uniform (a = √5, so U(±1/√in)) or
+    /// N(0, 1/r) for gaussian, B zero; each linear's values come from its own seeded stream.
+    public static func attachFresh(to model: CausalLM, settings: LoRASettings, seed: UInt64) throws {
+        guard settings.initMethod != .pissa else { throw KDError("lora.init pissa is not supported yet") }
+        for linear in model.linears where settings.targets(linear.name) {
+            let a = try Tensor(uninitializedShape: [settings.r, linear.inFeatures], on: linear.device)
+            var rng = RandomGenerator(seed: seed, stream: RandomGenerator.hash("lora_A"), RandomGenerator.hash(linear.name))
+            switch settings.initMethod {
+            case .gaussian:
+                for i in 0..<a.count { a.data[i] = rng.nextNormal() / Float(settings.r) }
+            default:
+                let bound = 1 / Float(linear.inFeatures).squareRoot()
+                for i in 0..<a.count { a.data[i] = (2 * rng.nextUniform() - 1) * bound }
+            }
+            let b = try Tensor.zeros([linear.outFeatures, settings.r], on: linear.device)
+            linear.adapter = LoRAAdapter(a: a, b: b, scale: settings.scale, dropout: Float(settings.dropout))
+        }
+    }
+
+    /// Writes the model's adapters in the PEFT layout into `directory` (created if needed).
+    public static func save(_ model: CausalLM, settings: LoRASettings, baseModel: String, to directory: String) throws {
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        let linears = model.linears.filter { $0.adapter != nil }
+        var entries: [SafetensorsWriter.Entry] = []
+        for linear in linears {
+            entries.append(.init(name: key(linear.name, "A"), dtype: .f32, shape: linear.adapter!.a.shape))
+            entries.append(.init(name: key(linear.name, "B"), dtype: .f32, shape: linear.adapter!.b.shape))
+        }
+        let writer = try SafetensorsWriter(path: (directory as NSString).appendingPathComponent(weightsName), entries: entries)
+        do {
+            for linear in linears {
+                try writer.write(linear.adapter!.a)
+                try writer.write(linear.adapter!.b)
+            }
+            try writer.finish()
+        } catch {
+            writer.discard()
+            throw error
+        }
+        let config: [String: Any] = [
+            "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": settings.r, "lora_alpha": settings.alpha,
+            "lora_dropout": settings.dropout, "target_modules": settings.targetModules, "use_rslora": settings.useRSLoRA,
+            "bias": "none", "fan_in_fan_out": false, "init_lora_weights": true, "inference_mode": true,
+            "base_model_name_or_path": baseModel, "modules_to_save": NSNull(), "use_dora": false,
+            "rank_pattern": [String: Any](), "alpha_pattern": [String: Any](),
+        ]
+        try writeJSON(config, to: (directory as NSString).appendingPathComponent(configName))
+    }
+}
+
+/// Writes JSON (sorted keys, pretty) to `path` via a temporary file and a rename, flushed to disk.
+public func writeJSON(_ object: Any, to path: String) throws {
+    let data = try JSONSerialization.data(withJSONObject: object, options: [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes])
+    try writeDurably(data, to: path)
+}
+
+/// Writes `data` beside `path`, fsyncs it and renames it into place.
+public func writeDurably(_ data: Data, to path: String) throws {
+    let temporary = path + ".tmp-\(getpid())"
+    guard FileManager.default.createFile(atPath: temporary, contents: data) else {
+        throw KDError("\(path): cannot write")
+    }
+    let fd = open(temporary, O_RDONLY)
+    if fd >= 0 {
+        fsync(fd)
+        close(fd)
+    }
+    if rename(temporary, path) != 0 {
+        throw KDError("\(path): cannot rename into place (\(String(cString: strerror(errno))))")
+    }
+}
