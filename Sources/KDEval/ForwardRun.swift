@@ -65,7 +65,3 @@ public struct ForwardRun {
                        loadSeconds: 0, forwardSeconds: seconds)
     }
 }
-
-extension Duration {
-    public var seconds: Double { Double(components.seconds) + Double(components.attoseconds) * 1e-18 }
-}

@@ -3,14 +3,14 @@ import KDCore
 
 /// The element types kd reads from and writes to safetensors files.
 public enum DType: String, Sendable, CaseIterable {
-    case f32 = "F32", bf16 = "BF16", f16 = "F16", i64 = "I64", i32 = "I32", u8 = "U8"
+    case f32 = "F32", bf16 = "BF16", f16 = "F16", f64 = "F64", i64 = "I64", i32 = "I32", u8 = "U8", bool = "BOOL"
 
     public var size: Int {
         switch self {
         case .f32, .i32: 4
         case .bf16, .f16: 2
-        case .i64: 8
-        case .u8: 1
+        case .f64, .i64: 8
+        case .u8, .bool: 1
         }
     }
 

@@ -6,6 +6,17 @@ struct KD: ParsableCommand {
         commandName: "kd",
         abstract: "Knowledge distillation of Hugging Face Qwen3 models into LoRA students, on CPU.",
         version: "0.1.0",
-        subcommands: [Init.self, Inspect.self, Forward.self, Plan.self, Tokenize.self, Detokenize.self, DataCommand.self]
+        subcommands: [Init.self, Inspect.self, Forward.self, Plan.self, Tokenize.self, Detokenize.self, DataCommand.self,
+                      Train.self]
     )
+
+    /// `--resume` may stand alone (meaning auto); the parser needs it spelled out.
+    static func main() {
+        var arguments = Array(CommandLine.arguments.dropFirst())
+        if let index = arguments.firstIndex(of: "--resume"),
+           index + 1 == arguments.count || arguments[index + 1].hasPrefix("-") {
+            arguments.insert("auto", at: index + 1)
+        }
+        main(arguments)
+    }
 }

@@ -37,3 +37,8 @@ public func formatBytes(_ bytes: Int) -> String {
     }
     return unit == 0 ? "\(bytes) B" : String(format: "%.2f %@", value, units[unit])
 }
+
+extension Duration {
+    /// The duration in seconds, as a Double.
+    public var seconds: Double { Double(components.seconds) + Double(components.attoseconds) * 1e-18 }
+}

@@ -1,0 +1,190 @@
+#!/usr/bin/env python3
+"""Makes the distillation-training parity fixtures under Tests/Fixtures/train with torch + PEFT.
+
+Each fixture holds a small random teacher (dense Qwen3 or Qwen3-MoE), a small dense student, a
+PEFT LoRA adapter on all seven projections with non-zero B (adapter-init/), tokens.jsonl (rows
+of input_ids with -100 prompt labels, of different lengths so batches are right-padded),
+run.yaml (the kd settings; the test supplies paths), and expected.safetensors: for steps 1 and 2
+the loss, kl_loss, ce_loss, grad_norm and every LoRA gradient before clipping, and every LoRA
+tensor after the two AdamW steps.
+
+The reference is the KD step written plainly in torch: teacher logits under no_grad, the
+student's logits through PEFT, both shifted by one, KL(p_teacher/T || q_student/T) and CE over
+the N scored positions of the step, loss = a*T^2*KL + (1-a)*CE, clip_grad_norm_, AdamW.
+
+    pip install torch transformers peft safetensors
+    python3 Scripts/make_train_fixtures.py
+"""
+import json
+import os
+import shutil
+
+import torch
+import torch.nn.functional as F
+from peft import LoraConfig, PeftModel, get_peft_model
+from safetensors.torch import save_file
+from transformers import Qwen3Config, Qwen3ForCausalLM, Qwen3MoeConfig, Qwen3MoeForCausalLM
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "Tests", "Fixtures", "train")
+VOCAB = 96
+COMMON = dict(hidden_act="silu", attention_bias=False, max_position_embeddings=128, attn_implementation="eager",
+              vocab_size=VOCAB, rope_parameters={"rope_type": "default", "rope_theta": 10000.0})
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+FIXTURES = [
+    dict(name="dense-teacher", batch_size=2, grad_accum_steps=1, student_tied=True,
+         teacher=("qwen3", dict(hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                                num_key_value_heads=2, head_dim=12, tie_word_embeddings=False, rms_norm_eps=1e-6))),
+    dict(name="moe-teacher", batch_size=1, grad_accum_steps=2, student_tied=False,
+         teacher=("qwen3_moe", dict(hidden_size=48, intermediate_size=96, moe_intermediate_size=24, num_hidden_layers=2,
+                                    num_attention_heads=4, num_key_value_heads=2, head_dim=12, num_experts=8,
+                                    num_experts_per_tok=2, norm_topk_prob=True, tie_word_embeddings=False,
+                                    rms_norm_eps=1e-6))),
+]
+
+SETTINGS = dict(alpha=0.8, temperature=2.0, lr=1e-2, weight_decay=0.01, betas=(0.9, 0.999), eps=1e-8, max_grad_norm=0.5,
+                r=4, lora_alpha=8)
+
+# Four rows: a prompt of -100 labels, then scored tokens. Steps take rows [0, 1] and [2, 3].
+LENGTHS = [(3, 11), (2, 7), (4, 9), (1, 12)]
+
+
+def randomise(model, generator, scale):
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "norm" in name:
+                param.copy_(1 + 0.2 * torch.randn(param.shape, generator=generator))
+            elif "embed_tokens" in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.5)
+            else:
+                param.copy_(torch.randn(param.shape, generator=generator) * (scale / param.shape[-1] ** 0.5))
+
+
+def kd_loss(teacher_logits, student_logits, labels, n, alpha, temperature):
+    """Sums over the scored positions of one micro-batch, divided by the step's N."""
+    t = teacher_logits[:, :-1]
+    s = student_logits[:, :-1]
+    target = labels[:, 1:]
+    mask = target != -100
+    p = F.softmax(t[mask] / temperature, dim=-1)
+    log_p = F.log_softmax(t[mask] / temperature, dim=-1)
+    log_q = F.log_softmax(s[mask] / temperature, dim=-1)
+    kl = (p * (log_p - log_q)).sum() / n
+    ce = F.cross_entropy(s[mask], target[mask], reduction="sum") / n
+    return alpha * temperature ** 2 * kl + (1 - alpha) * ce, kl, ce
+
+
+def pad(rows):
+    length = max(len(r["input_ids"]) for r in rows)
+    ids = torch.zeros(len(rows), length, dtype=torch.long)
+    labels = torch.full((len(rows), length), -100, dtype=torch.long)
+    mask = torch.zeros(len(rows), length, dtype=torch.long)
+    for i, r in enumerate(rows):
+        n = len(r["input_ids"])
+        ids[i, :n] = torch.tensor(r["input_ids"])
+        labels[i, :n] = torch.tensor(r["labels"])
+        mask[i, :n] = 1
+    return ids, labels, mask
+
+
+def kd_key(name):
+    return name.replace(".default", "")
+
+
+def make(index, fixture):
+    out = os.path.join(ROOT, fixture["name"])
+    os.makedirs(out)
+    generator = torch.Generator().manual_seed(2000 + index)
+    kind, teacher_args = fixture["teacher"]
+    if kind == "qwen3":
+        teacher = Qwen3ForCausalLM(Qwen3Config(**teacher_args, **COMMON))
+    else:
+        teacher = Qwen3MoeForCausalLM(Qwen3MoeConfig(**teacher_args, **COMMON))
+    randomise(teacher, generator, 1.0)
+    teacher.eval()
+    teacher.save_pretrained(os.path.join(out, "teacher"))
+
+    student = Qwen3ForCausalLM(Qwen3Config(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=1,
+        head_dim=8, tie_word_embeddings=fixture["student_tied"], rms_norm_eps=1e-6, **COMMON))
+    randomise(student, generator, 1.0)
+    if fixture["student_tied"]:
+        student.tie_weights()
+    student.save_pretrained(os.path.join(out, "student"))
+
+    lora = LoraConfig(r=SETTINGS["r"], lora_alpha=SETTINGS["lora_alpha"], lora_dropout=0.0, target_modules=TARGETS,
+                      task_type="CAUSAL_LM")
+    peft_model = get_peft_model(student, lora)
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_" in name:  # non-zero B, so every gradient is informative
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.3)
+    peft_model.save_pretrained(os.path.join(out, "adapter-init"))
+    peft_model = PeftModel.from_pretrained(
+        Qwen3ForCausalLM.from_pretrained(os.path.join(out, "student"), attn_implementation="eager"),
+        os.path.join(out, "adapter-init"), is_trainable=True)
+    peft_model.train()
+
+    rows = []
+    for prompt, total in LENGTHS:
+        ids = torch.randint(0, VOCAB, (total,), generator=generator).tolist()
+        rows.append({"input_ids": ids, "labels": [-100] * prompt + ids[prompt:]})
+    with open(os.path.join(out, "tokens.jsonl"), "w") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+
+    params = [(n, p) for n, p in peft_model.named_parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW([p for _, p in params], lr=SETTINGS["lr"], betas=SETTINGS["betas"],
+                                  eps=SETTINGS["eps"], weight_decay=SETTINGS["weight_decay"])
+    expected = {}
+    micro = fixture["batch_size"]
+    for step, step_rows in enumerate([rows[0:2], rows[2:4]], start=1):
+        batches = [pad(step_rows[i:i + micro]) for i in range(0, len(step_rows), micro)]
+        n = sum(int((labels[:, 1:] != -100).sum()) for _, labels, _ in batches)
+        total_loss = total_kl = total_ce = 0.0
+        for ids, labels, mask in batches:
+            with torch.no_grad():
+                teacher_logits = teacher(input_ids=ids, attention_mask=mask).logits
+            student_logits = peft_model(input_ids=ids, attention_mask=mask).logits
+            loss, kl, ce = kd_loss(teacher_logits, student_logits, labels, n, SETTINGS["alpha"], SETTINGS["temperature"])
+            loss.backward()
+            total_loss += loss.item()
+            total_kl += kl.item()
+            total_ce += ce.item()
+        for name, p in params:
+            expected[f"step{step}.grad.{kd_key(name)}"] = p.grad.detach().clone()
+        grad_norm = torch.nn.utils.clip_grad_norm_([p for _, p in params], SETTINGS["max_grad_norm"])
+        assert grad_norm > SETTINGS["max_grad_norm"], "clipping must be active"
+        optimizer.step()
+        optimizer.zero_grad()
+        expected[f"step{step}.metrics"] = torch.tensor([total_loss, total_kl, total_ce, grad_norm.item()], dtype=torch.float64)
+        print(f"{fixture['name']} step {step}: loss {total_loss:.6f} kl {total_kl:.6f} ce {total_ce:.6f} "
+              f"grad_norm {grad_norm.item():.6f} N {n}")
+    for name, p in params:
+        expected[f"final.{kd_key(name)}"] = p.detach().clone()
+    save_file({k: v.contiguous() for k, v in expected.items()}, os.path.join(out, "expected.safetensors"))
+
+    with open(os.path.join(out, "run.yaml"), "w") as f:
+        f.write(f"""# kd settings matching the torch reference; the test supplies the paths.
+run: {{seed: 7}}
+devices: {{count: 2}}
+teacher: {{devices: [0]}}
+student: {{devices: [1]}}
+lora: {{r: {SETTINGS['r']}, alpha: {SETTINGS['lora_alpha']}, dropout: 0.0}}
+distill: {{alpha: {SETTINGS['alpha']}, temperature: {SETTINGS['temperature']}}}
+data: {{format: tokens, shuffle: false}}
+train: {{max_steps: 2, batch_size: {fixture['batch_size']}, grad_accum_steps: {fixture['grad_accum_steps']}, lr: {SETTINGS['lr']}, lr_schedule: constant, warmup_steps: 0, weight_decay: {SETTINGS['weight_decay']}, max_grad_norm: {SETTINGS['max_grad_norm']}}}
+checkpoint: {{every_steps: 1, keep_last: 2}}
+""")
+
+
+def main():
+    torch.manual_seed(0)
+    if os.path.isdir(ROOT):
+        shutil.rmtree(ROOT)
+    for index, fixture in enumerate(FIXTURES):
+        make(index, fixture)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,283 @@
+import Foundation
+import KDCore
+import KDModels
+import KDText
+
+/// One logged optimizer step.
+public struct StepMetrics: Sendable {
+    public var step = 0
+    public var loss = 0.0
+    public var klLoss = 0.0
+    public var ceLoss = 0.0
+    public var gradNorm = 0.0
+    public var lr = 0.0
+    /// Real (non-pad) input tokens of the step, and the positions the loss scored.
+    public var tokens = 0
+    public var scoredTokens = 0
+    public var tokensPerSecond = 0.0
+    public var teacherMs = 0.0
+    public var studentMs = 0.0
+    public var transferBytes = 0
+    public var elapsedSeconds = 0.0
+    public var agreement = 0.0
+
+    /// The metrics.jsonl object.
+    public var json: [String: Any] {
+        ["step": step, "loss": loss, "kl_loss": klLoss, "ce_loss": ceLoss, "grad_norm": gradNorm, "lr": lr,
+         "tokens": tokens, "scored_tokens": scoredTokens, "tokens_per_s": tokensPerSecond, "teacher_ms": teacherMs,
+         "student_ms": studentMs, "transfer_bytes": transferBytes, "elapsed_s": elapsedSeconds, "top1_agreement": agreement]
+    }
+}
+
+/// A training run's models, data and optimizer, advanced one optimizer step at a time.
+public final class Trainer {
+    public let config: RunConfig
+    public let budget: ComputeBudget
+    public let devices: DeviceGroup
+    public let teacher: CausalLM
+    public let student: CausalLM
+    public let tokenizer: Tokenizer?
+    public let dataset: Dataset
+    public let vocab: Int
+    public let pass: DistillationPass
+    public let optimizer: AdamW
+    public private(set) var sampler: BatchSampler
+    public private(set) var step = 0
+    /// Notes for the user (a shared vocabulary range, changed config keys on resume).
+    public private(set) var notes: [String] = []
+    let padID: Int
+    let adapters: [(name: String, adapter: LoRAAdapter)]
+    /// Called with each step's number and its gradients before clipping.
+    public var optimizerHook: ((Int, [(name: String, tensor: Tensor)]) throws -> Void)?
+
+    /// Builds the run: checks the plan and the vocabularies before any weight is read, loads both
+    /// models onto their device groups, attaches the adapters, reads the data, and restores
+    /// `resumeFrom` (a checkpoint directory) when given.
+    public init(config: RunConfig, resumeFrom: String? = nil, onLoad: (String) -> Void = { _ in }) throws {
+        self.config = config
+        try config.requireModelPaths()
+        budget = ComputeBudget(threads: config.run.threads)
+        BLAS.threads = budget.threads
+
+        let plan = try MemoryPlan(config: config)
+        if !plan.fits {
+            let over = plan.devices.filter { !$0.fits }.map {
+                "device \($0.id) needs \(formatBytes($0.totalBytes)) of \(formatBytes($0.capacityBytes ?? 0))"
+            }
+            throw KDError("the run does not fit its devices: \(over.joined(separator: "; ")) (see kd plan)")
+        }
+        if plan.student.spec.isMoE { throw KDError("student.path: MoE students are not supported (use a dense Qwen3 student)") }
+        dataset = try config.loadDataset(config.data.train, key: "data.train")
+        tokenizer = try config.loadTokenizer(required: false)
+        var notes: [String] = []
+        vocab = try Trainer.sharedVocabulary(teacher: plan.teacher.spec, student: plan.student.spec, tokenizer: tokenizer,
+                                             notes: &notes)
+        padID = tokenizer?.padID ?? 0
+
+        let all = try DeviceGroup.make(count: config.deviceCount, capacity: config.devices.memoryPerDevice?.bytes)
+        devices = all
+        let start = ContinuousClock.now
+        teacher = try CausalLM.load(try Checkpoint(directory: config.teacher.path),
+                                    on: try DeviceGroup(config.teacher.devices.map { all.devices[$0] }))
+        student = try CausalLM.load(try Checkpoint(directory: config.student.path),
+                                    on: try DeviceGroup(config.student.devices.map { all.devices[$0] }))
+        onLoad(String(format: "loaded teacher and student in %.1f s", (ContinuousClock.now - start).seconds))
+
+        if let initFrom = config.lora.initFrom {
+            let given = try PEFTAdapter.settings(directory: initFrom)
+            for (key, mine, theirs) in [("r", "\(config.lora.r)", "\(given.r)"), ("alpha", "\(config.lora.alpha)", "\(given.alpha)"),
+                                        ("target_modules", "\(config.lora.targetModules.sorted())", "\(given.targetModules.sorted())"),
+                                        ("use_rslora", "\(config.lora.useRSLoRA)", "\(given.useRSLoRA)")] where mine != theirs {
+                throw KDError("lora.init_from \(initFrom): its \(key) is \(theirs) but lora.\(key) is \(mine)")
+            }
+            _ = try PEFTAdapter.attach(directory: initFrom, to: student, dropout: Float(config.lora.dropout))
+        } else {
+            try PEFTAdapter.attachFresh(to: student, settings: config.lora, seed: UInt64(config.run.seed))
+        }
+        let attached = student.linears.compactMap { linear in linear.adapter.map { (linear.name, $0) } }
+        adapters = attached
+        let optimizer = AdamW(hyper: .init(beta1: config.train.adamBeta1, beta2: config.train.adamBeta2,
+                                           eps: config.train.adamEps, weightDecay: config.train.weightDecay))
+        self.optimizer = optimizer
+        for (name, adapter) in attached {
+            try adapter.zeroGradients()
+            try optimizer.add(name: name + ".lora_A", parameter: adapter.a) { adapter.gradA! }
+            try optimizer.add(name: name + ".lora_B", parameter: adapter.b) { adapter.gradB! }
+        }
+        pass = DistillationPass(
+            teacher: teacher, student: student, alpha: Float(config.distill.alpha),
+            temperature: Float(config.distill.temperature), chunkTokens: config.distill.chunkTokens, vocab: vocab,
+            budget: budget)
+        sampler = BatchSampler(count: dataset.examples.count, batchSize: config.train.batchSize,
+                               shuffle: config.data.shuffle, seed: UInt64(config.run.seed))
+        self.notes = notes
+        if let resumeFrom { try restore(from: resumeFrom) }
+    }
+
+    /// The vocabulary the loss uses: equal sizes, or sizes differing only in embedding padding
+    /// rows beyond the tokenizer's length (then the shared range).
+    static func sharedVocabulary(teacher: ModelSpec, student: ModelSpec, tokenizer: Tokenizer?, notes: inout [String]) throws -> Int {
+        if teacher.vocabSize == student.vocabSize { return teacher.vocabSize }
+        let shared = min(teacher.vocabSize, student.vocabSize)
+        guard let tokenizer else {
+            throw KDError("teacher vocab_size \(teacher.vocabSize) differs from student vocab_size \(student.vocabSize), and "
+                + "without a tokenizer kd cannot tell whether the difference is only padding (set data.tokenizer)")
+        }
+        guard tokenizer.count <= shared else {
+            throw KDError("teacher vocab_size \(teacher.vocabSize) and student vocab_size \(student.vocabSize) differ within "
+                + "the tokenizer's \(tokenizer.count) tokens: the models do not share a vocabulary")
+        }
+        notes.append("teacher vocab_size \(teacher.vocabSize), student \(student.vocabSize): the loss uses the shared "
+            + "first \(shared) logits (the tokenizer has \(tokenizer.count) tokens; the rest are embedding padding)")
+        return shared
+    }
+
+    // MARK: Stepping
+
+    /// The learning rate of the next optimizer step.
+    public var nextLearningRate: Double {
+        config.train.lr * config.train.lrSchedule.factor(step: step, warmup: config.train.warmupSteps, total: config.train.maxSteps)
+    }
+
+    /// Runs one optimizer step over `grad_accum_steps` micro-batches. Fails, without updating
+    /// anything, when the loss or the gradient is not finite.
+    public func trainStep() throws -> StepMetrics {
+        let start = ContinuousClock.now
+        let transferBefore = devices.devices.reduce(0) { $0 + $1.transferredIn.bytes }
+        let batches = (0..<config.train.gradAccumSteps).map { _ in
+            PaddedBatch(sampler.next().map { dataset.examples[$0] }, padID: padID)
+        }
+        let scored = batches.reduce(0) { $0 + $1.scoredTokens }
+        guard scored > 0 else { throw KDError("step \(step + 1): the batch has no scored tokens") }
+        for (_, adapter) in adapters { try adapter.zeroGradients() }
+        var metrics = StepMetrics()
+        var totals = DistillationLoss.Totals()
+        for (micro, batch) in batches.enumerated() {
+            for (name, adapter) in adapters {
+                adapter.dropoutStream = RandomGenerator(
+                    seed: UInt64(config.run.seed), stream: RandomGenerator.hash("dropout"), UInt64(step), UInt64(micro),
+                    RandomGenerator.hash(name))
+            }
+            let result = try pass.run(batch, gradientScale: 1 / Float(scored))
+            totals.add(result.totals)
+            metrics.teacherMs += result.teacherSeconds * 1000
+            metrics.studentMs += result.studentSeconds * 1000
+            metrics.tokens += batch.attentionMask.reduce(0) { $0 + Int($1) }
+        }
+        let n = Double(scored)
+        let alpha = config.distill.alpha, temperature = config.distill.temperature
+        metrics.klLoss = totals.kl / n
+        metrics.ceLoss = totals.ce / n
+        metrics.loss = alpha * temperature * temperature * metrics.klLoss + (1 - alpha) * metrics.ceLoss
+        metrics.agreement = Double(totals.agreements) / n
+        metrics.gradNorm = optimizer.gradientNorm()
+        guard metrics.loss.isFinite else { throw NonFiniteStep(step: step + 1, what: "loss") }
+        guard metrics.gradNorm.isFinite else { throw NonFiniteStep(step: step + 1, what: "gradient norm") }
+        metrics.lr = nextLearningRate
+        try optimizerHook?(step + 1, gradients())
+        if config.train.maxGradNorm > 0 { optimizer.clip(norm: metrics.gradNorm, maxNorm: config.train.maxGradNorm) }
+        optimizer.step(lr: metrics.lr)
+        step += 1
+        metrics.step = step
+        metrics.scoredTokens = scored
+        let seconds = (ContinuousClock.now - start).seconds
+        metrics.tokensPerSecond = Double(metrics.tokens) / seconds
+        metrics.transferBytes = devices.devices.reduce(0) { $0 + $1.transferredIn.bytes } - transferBefore
+        return metrics
+    }
+
+    /// The adapters' gradients by PEFT key (clipped once the step has been applied).
+    public func gradients() -> [(name: String, tensor: Tensor)] {
+        adapters.flatMap { name, adapter in
+            [(PEFTAdapter.key(name, "A"), adapter.gradA!), (PEFTAdapter.key(name, "B"), adapter.gradB!)]
+        }
+    }
+
+    // MARK: Checkpoints
+
+    var shapes: [String: String] {
+        var shapes: [String: String] = [:]
+        for (role, spec) in [("teacher", teacher.spec), ("student", student.spec)] {
+            shapes["\(role).model_type"] = spec.modelType
+            shapes["\(role).hidden_size"] = "\(spec.hiddenSize)"
+            shapes["\(role).num_hidden_layers"] = "\(spec.numLayers)"
+            shapes["\(role).vocab_size"] = "\(spec.vocabSize)"
+            shapes["\(role).num_attention_heads"] = "\(spec.numHeads)"
+            shapes["\(role).num_key_value_heads"] = "\(spec.numKVHeads)"
+            shapes["\(role).head_dim"] = "\(spec.headDim)"
+            shapes["\(role).feed_forward"] = "\(spec.feedForward.first.map { "\($0)" } ?? "")"
+        }
+        shapes["lora.r"] = "\(config.lora.r)"
+        shapes["lora.alpha"] = "\(config.lora.alpha)"
+        shapes["lora.target_modules"] = config.lora.targetModules.joined(separator: ",")
+        shapes["lora.use_rslora"] = "\(config.lora.useRSLoRA)"
+        return shapes
+    }
+
+    /// FNV-1a of every key that changes the numbers of a step (not max_steps or bookkeeping).
+    var configHash: String {
+        let ignored: Set<String> = ["train.max_steps", "run.output_dir", "run.threads", "checkpoint.every_steps",
+                                    "checkpoint.keep_last", "checkpoint.save_merged", "log.every_steps"]
+        let text = config.effectiveValues.filter { !ignored.contains($0.key) }.map { "\($0.key)=\($0.value)" }
+            .joined(separator: "\n")
+        return String(RandomGenerator.hash(text), radix: 16)
+    }
+
+    var state: TrainerState {
+        TrainerState(
+            step: step, cursor: sampler.cursor, seed: config.run.seed,
+            rng: "xoshiro256** streams keyed by (run.seed, step, micro-batch, module)",
+            scheduler: .init(schedule: config.train.lrSchedule.rawValue, peakLR: config.train.lr,
+                             warmupSteps: config.train.warmupSteps, maxSteps: config.train.maxSteps,
+                             lastLR: config.train.lr * config.train.lrSchedule.factor(
+                                step: max(0, step - 1), warmup: config.train.warmupSteps, total: config.train.maxSteps)),
+            configHash: configHash, shapes: shapes, kdVersion: TrainingCheckpoint.version)
+    }
+
+    /// Writes `checkpoint-<step>` into the output directory.
+    @discardableResult
+    public func saveCheckpoint() throws -> String {
+        try FileManager.default.createDirectory(atPath: config.run.outputDir, withIntermediateDirectories: true)
+        return try TrainingCheckpoint.write(
+            outputDir: config.run.outputDir, step: step, model: student, settings: config.lora,
+            baseModel: config.student.path, optimizer: optimizer, state: state, keepLast: config.checkpoint.keepLast)
+    }
+
+    /// Restores adapters, moments, step and data position from a checkpoint, refusing one whose
+    /// model or LoRA shapes differ.
+    func restore(from directory: String) throws {
+        let saved = try TrainingCheckpoint.readState(directory)
+        for key in shapes.keys.sorted() where saved.shapes[key] != shapes[key] {
+            throw KDError("cannot resume from \(directory): \(key) is \(saved.shapes[key] ?? "absent") in the checkpoint "
+                + "but \(shapes[key]!) in this run")
+        }
+        if saved.seed != config.run.seed {
+            throw KDError("cannot resume from \(directory): run.seed is \(saved.seed) in the checkpoint but \(config.run.seed) here")
+        }
+        if saved.configHash != configHash {
+            notes.append("the configuration differs from the checkpoint's in keys other than shapes: the resumed run "
+                + "will not match an uninterrupted one")
+        }
+        let file = try SafetensorsFile(path: (directory as NSString).appendingPathComponent(PEFTAdapter.weightsName))
+        for (name, adapter) in adapters {
+            for (matrix, target) in [("A", adapter.a), ("B", adapter.b)] {
+                let key = PEFTAdapter.key(name, matrix)
+                guard let info = file.tensors[key], info.shape == target.shape else {
+                    throw KDError("\(file.path): tensor '\(key)' is missing or has the wrong shape")
+                }
+                target.data.update(from: try file.load(key, on: target.device).data, count: target.count)
+            }
+        }
+        try TrainingCheckpoint.readOptimizer(directory, into: optimizer, step: saved.step)
+        step = saved.step
+        sampler = BatchSampler(count: dataset.examples.count, batchSize: config.train.batchSize,
+                               shuffle: config.data.shuffle, seed: UInt64(config.run.seed), cursor: saved.cursor)
+    }
+}
+
+/// A step whose loss or gradient was NaN or infinite.
+public struct NonFiniteStep: Error, CustomStringConvertible {
+    public let step: Int
+    public let what: String
+    public var description: String { "step \(step): the \(what) is not finite" }
+}

@@ -1,0 +1,108 @@
+import ArgumentParser
+import Foundation
+import KDCore
+import KDModels
+import KDTrain
+
+/// The signal that asked a run to stop (0 = none). Set from a signal handler, so a plain global.
+nonisolated(unsafe) var requestedStop: Int32 = 0
+
+struct Train: KDCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Distill the teacher into a LoRA student.",
+        discussion: """
+            Writes <output_dir>/metrics.jsonl, checkpoint-<step>/ and final_model/. Metrics lines also go to stdout \
+            with --json or when stdout is not a terminal; a terminal gets a progress bar on stderr. --resume (alone: \
+            auto) continues from the newest complete checkpoint, or from DIR, bit-identically. SIGINT/SIGTERM \
+            finish the current step, write a checkpoint and exit 130/143.
+            """)
+
+    @Option(help: "Run config YAML (- for stdin).") var config: String
+    @Option(name: .customLong("set"), help: "Override a key: key.path=value (repeatable).") var overrides: [String] = []
+    @Option(help: "Resume: auto (newest checkpoint in output_dir) or a checkpoint directory.") var resume: String?
+    @Flag(help: "Metrics lines on stdout even on a terminal.") var json = false
+    @Flag(name: .customLong("save-gradients"), help: "Also write each step's pre-clip LoRA gradients to output_dir/gradients/.")
+    var saveGradients = false
+
+    func execute() throws {
+        let run = try RunConfig.load(path: config, overrides: overrides)
+        let resumeMode: TrainingRun.Resume? = resume.map { $0 == "auto" ? .auto : .directory($0) }
+        let training = try TrainingRun(config: run, resume: resumeMode) { Console.info($0) }
+        if let from = training.resumedFrom { Console.info("resuming from \(from) at step \(training.trainer.step)") }
+        if saveGradients {
+            let directory = (run.run.outputDir as NSString).appendingPathComponent("gradients")
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+            training.gradientSink = { step, gradients in
+                let writer = try SafetensorsWriter(
+                    path: (directory as NSString).appendingPathComponent("step-\(step).safetensors"),
+                    entries: gradients.map { .init(name: $0.name, dtype: .f32, shape: $0.tensor.shape) })
+                for (_, tensor) in gradients { try writer.write(tensor) }
+                try writer.finish()
+            }
+        }
+        installStopHandlers()
+        let toStdout = json || !Console.stdoutIsTerminal
+        let progress = Progress(total: run.train.maxSteps, start: training.trainer.step, terminal: Console.stderrIsTerminal)
+        let outcome = try training.run(
+            onStep: { metrics in
+                if toStdout { Console.json(metrics.json) }
+                progress.show(metrics)
+            },
+            stopRequested: { requestedStop == 0 ? nil : requestedStop })
+        progress.finish()
+        switch outcome {
+        case .finished:
+            Console.info("done: \(run.run.outputDir)/final_model")
+        case .stopped(let signal, let checkpoint):
+            Console.info("stopped at step \(training.trainer.step) by signal \(signal); checkpoint \(checkpoint); "
+                + "resume with: kd train --config \(config) --resume")
+            throw ExitCode(128 + signal)
+        }
+    }
+
+    func installStopHandlers() {
+        for signalNumber in [SIGINT, SIGTERM] {
+            signal(signalNumber) { received in
+                // A second signal does not wait for the step to finish.
+                if requestedStop != 0 { _exit(128 + received) }
+                requestedStop = received
+                let note = "\nkd: stopping after this step and writing a checkpoint (signal again to abort)\n"
+                _ = note.withCString { write(STDERR_FILENO, $0, strlen($0)) }
+            }
+        }
+    }
+}
+
+/// A one-line progress bar with ETA on a terminal; a plain line per logged step otherwise.
+final class Progress {
+    let total: Int
+    let terminal: Bool
+    let started = ContinuousClock.now
+    let firstStep: Int
+
+    init(total: Int, start: Int, terminal: Bool) {
+        self.total = total
+        self.terminal = terminal
+        self.firstStep = start
+    }
+
+    func show(_ m: StepMetrics) {
+        let done = m.step - firstStep
+        let perStep = (ContinuousClock.now - started).seconds / Double(max(1, done))
+        let eta = Int(perStep * Double(total - m.step))
+        let text = String(format: "step %d/%d  loss %.4f  kl %.4f  ce %.4f  |g| %.3f  lr %.2e  %.0f tok/s  ETA %d:%02d",
+                          m.step, total, m.loss, m.klLoss, m.ceLoss, m.gradNorm, m.lr, m.tokensPerSecond, eta / 60, eta % 60)
+        if terminal {
+            let width = 20
+            let filled = total > 0 ? width * m.step / total : width
+            let bar = String(repeating: "█", count: filled) + String(repeating: "·", count: width - filled)
+            FileHandle.standardError.write(Data("\r\u{1B}[2K[\(bar)] \(text)".utf8))
+        } else {
+            Console.info(text)
+        }
+    }
+
+    func finish() {
+        if terminal { FileHandle.standardError.write(Data("\n".utf8)) }
+    }
+}
