@@ -61,6 +61,12 @@ struct Train: KDCommand {
     }
 
     func installStopHandlers() {
+        // A parent may have started kd with these signals blocked (the mask is inherited).
+        var unblock = sigset_t()
+        sigemptyset(&unblock)
+        sigaddset(&unblock, SIGINT)
+        sigaddset(&unblock, SIGTERM)
+        pthread_sigmask(SIG_UNBLOCK, &unblock, nil)
         for signalNumber in [SIGINT, SIGTERM] {
             signal(signalNumber) { received in
                 // A second signal does not wait for the step to finish.
