@@ -133,6 +133,14 @@ def make(index, fixture):
         for r in rows:
             f.write(json.dumps(r) + "\n")
 
+    # PEFT's logits for base + adapter on all four rows, for kd forward --adapter and kd export.
+    ids, _, mask = pad(rows)
+    peft_model.eval()
+    with torch.no_grad():
+        save_file({"logits": peft_model(input_ids=ids, attention_mask=mask).logits.contiguous(), "attention_mask": mask},
+                  os.path.join(out, "adapter-logits.safetensors"))
+    peft_model.train()
+
     params = [(n, p) for n, p in peft_model.named_parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW([p for _, p in params], lr=SETTINGS["lr"], betas=SETTINGS["betas"],
                                   eps=SETTINGS["eps"], weight_decay=SETTINGS["weight_decay"])

@@ -67,30 +67,50 @@ public enum PEFTAdapter {
         return settings
     }
 
-    /// Attaches the adapter in `directory` to `model`'s targeted linears, checking every tensor.
-    public static func attach(directory: String, to model: CausalLM, dropout: Float? = nil) throws -> LoRASettings {
+    /// The adapter in `directory` as (A, B) per targeted linear of a model with `spec`, every
+    /// tensor checked: present, of the right shape, nothing unexpected.
+    public static func tensors(directory: String, spec: ModelSpec, on device: (String) -> Device)
+        throws -> (settings: LoRASettings, matrices: [String: (a: Tensor, b: Tensor)]) {
         let settings = try settings(directory: directory)
         let file = try SafetensorsFile(path: (directory as NSString).appendingPathComponent(weightsName))
+        var matrices: [String: (a: Tensor, b: Tensor)] = [:]
         var used = Set<String>()
-        for linear in model.linears where settings.targets(linear.name) {
-            var pair: [Tensor] = []
-            for (matrix, shape) in [("A", [settings.r, linear.inFeatures]), ("B", [linear.outFeatures, settings.r])] {
-                let name = key(linear.name, matrix)
-                guard let info = file.tensors[name] else { throw KDError("\(file.path): missing tensor '\(name)'") }
-                guard info.shape == shape else {
-                    throw KDError("\(file.path): tensor '\(name)' has shape \(info.shape), the model implies \(shape)")
+        for layer in 0..<spec.numLayers {
+            for tensor in spec.layerTensors(layer) where tensor.shape.count == 2 && tensor.name.hasSuffix(".weight") {
+                let linear = String(tensor.name.dropLast(".weight".count))
+                guard settings.targets(linear) else { continue }
+                let (out, inFeatures) = (tensor.shape[0], tensor.shape[1])
+                var pair: [Tensor] = []
+                for (matrix, shape) in [("A", [settings.r, inFeatures]), ("B", [out, settings.r])] {
+                    let name = key(linear, matrix)
+                    guard let info = file.tensors[name] else { throw KDError("\(file.path): missing tensor '\(name)'") }
+                    guard info.shape == shape else {
+                        throw KDError("\(file.path): tensor '\(name)' has shape \(info.shape), the model implies \(shape)")
+                    }
+                    let target = device(linear)
+                    pair.append(try target.run { try file.load(name, on: target).clone() })
+                    used.insert(name)
                 }
-                pair.append(try linear.device.run { try file.load(name, on: linear.device).clone() })
-                used.insert(name)
+                matrices[linear] = (pair[0], pair[1])
             }
-            linear.adapter = LoRAAdapter(a: pair[0], b: pair[1], scale: settings.scale,
-                                         dropout: dropout ?? Float(settings.dropout))
         }
-        guard !used.isEmpty else {
+        guard !matrices.isEmpty else {
             throw KDError("\(directory): the adapter targets \(settings.targetModules) but the model has no such linear layers")
         }
         if let extra = file.tensors.keys.sorted().first(where: { !used.contains($0) }) {
             throw KDError("\(file.path): unexpected tensor '\(extra)' (not a targeted linear of this model)")
+        }
+        return (settings, matrices)
+    }
+
+    /// Attaches the adapter in `directory` to `model`'s targeted linears.
+    @discardableResult
+    public static func attach(directory: String, to model: CausalLM, dropout: Float? = nil) throws -> LoRASettings {
+        let devices = Dictionary(uniqueKeysWithValues: model.linears.map { ($0.name, $0.device) })
+        let (settings, matrices) = try tensors(directory: directory, spec: model.spec) { devices[$0]! }
+        for linear in model.linears {
+            guard let (a, b) = matrices[linear.name] else { continue }
+            linear.adapter = LoRAAdapter(a: a, b: b, scale: settings.scale, dropout: dropout ?? Float(settings.dropout))
         }
         return settings
     }

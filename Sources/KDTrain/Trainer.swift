@@ -90,7 +90,7 @@ public final class Trainer {
                                         ("use_rslora", "\(config.lora.useRSLoRA)", "\(given.useRSLoRA)")] where mine != theirs {
                 throw KDError("lora.init_from \(initFrom): its \(key) is \(theirs) but lora.\(key) is \(mine)")
             }
-            _ = try PEFTAdapter.attach(directory: initFrom, to: student, dropout: Float(config.lora.dropout))
+            try PEFTAdapter.attach(directory: initFrom, to: student, dropout: Float(config.lora.dropout))
         } else {
             try PEFTAdapter.attachFresh(to: student, settings: config.lora, seed: UInt64(config.run.seed))
         }

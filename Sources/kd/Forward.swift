@@ -14,6 +14,7 @@ struct Forward: KDCommand {
     @Option(help: "JSONL file of {\"input_ids\": [...]} rows.") var tokens: String
     @Option(help: "Output safetensors file.") var output: String
     @Option(help: "Device ids to shard the layers over, e.g. 0,1,2.") var devices: String = "0"
+    @Option(help: "A PEFT LoRA adapter to run with the model.") var adapter: String?
     @Option(name: .customLong("batch-rows"), help: "Rows per forward pass.") var batchRows: Int = 8
     @Option(help: "BLAS threads per call (default: one per core).") var threads: Int?
     @Flag(help: "Print a JSON summary on stdout.") var json = false
@@ -24,6 +25,7 @@ struct Forward: KDCommand {
         let group = try DeviceGroup(try parseDeviceList(devices).map { Device(id: $0) })
         let loadStart = ContinuousClock.now
         let lm = try CausalLM.load(try Checkpoint(directory: model), on: group)
+        if let adapter { try PEFTAdapter.attach(directory: adapter, to: lm) }
         let loadSeconds = (ContinuousClock.now - loadStart).seconds
         for line in lm.placement.describe(devices: group.devices) { Console.info("  " + line) }
         let summary = try ForwardRun.run(model: lm, tokensPath: tokens, outputPath: output, batchRows: batchRows)
