@@ -20,7 +20,7 @@ with open(sys.argv[1], "w") as out:
         for t in texts:
             out.write(json.dumps({"text": t}) + "\n")
 PY
-tok=Tests/Fixtures/tokenizer/qwen3
+tok=Configs/tokenizer/qwen3
 for r in $(seq "$reps"); do
   echo -n "kd         "; .build/release/kd tokenize --tokenizer $tok --stats < "$work/corpus.jsonl" 2>&1 >/dev/null
   RAYON_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false python3 - "$tok/tokenizer.json" "$work/corpus.jsonl" <<'PY'

@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Makes the tokenizer and chat-template fixtures under Tests/Fixtures/tokenizer.
 
-- qwen3/tokenizer.json: the Qwen3 tokenizer from ../shared, re-serialised compactly (merges as
-  "a b" strings) so it stays under 5 MB; the script checks it encodes exactly as the original.
-- qwen3/tokenizer_config.json: copied as is.
+- Configs/tokenizer/qwen3/tokenizer.json: the Qwen3 tokenizer from ../shared, re-serialised
+  compactly (merges as "a b" strings) so it stays under 5 MB; the script checks it encodes exactly
+  as the original. Configs/tokenizer/qwen3/tokenizer_config.json is copied as is. (The demo's
+  models use this tokenizer too.)
 - expected.jsonl: {"text", "ids"} for every HumanEval prompt, canonical solution and test, and
   for stress strings (scripts, emoji, combining marks, CRLF, whitespace runs, contractions, code),
   ids from the Hugging Face `tokenizers` library.
@@ -23,6 +24,7 @@ from tokenizers import Tokenizer
 HERE = os.path.dirname(os.path.abspath(__file__))
 SHARED = os.path.join(HERE, "..", "..", "shared")
 OUT = os.path.join(HERE, "..", "Tests", "Fixtures", "tokenizer")
+TOKENIZER = os.path.join(HERE, "..", "Configs", "tokenizer", "qwen3")
 
 STRESS = [
     "",
@@ -108,10 +110,11 @@ CHATS = [
 
 def main():
     source = os.path.join(SHARED, "tokenizers", "qwen3")
-    target = os.path.join(OUT, "qwen3")
-    if os.path.isdir(OUT):
-        shutil.rmtree(OUT)
-    os.makedirs(target)
+    target = TOKENIZER
+    for directory in (OUT, target):
+        if os.path.isdir(directory):
+            shutil.rmtree(directory)
+        os.makedirs(directory)
     with open(os.path.join(source, "tokenizer.json")) as f:
         data = json.load(f)
     data["model"]["merges"] = [" ".join(m) if isinstance(m, list) else m for m in data["model"]["merges"]]

@@ -3,7 +3,8 @@ import KDCore
 
 /// Writes a random-initialised checkpoint in the published Hugging Face layout (config.json and
 /// safetensors, sharded with an index when large), as transformers' own init does: normal
-/// weights with `initializer_range` as std, RMSNorm weights of one.
+/// weights with `initializer_range` as std, RMSNorm weights of one. Tensors can instead be copied
+/// from another checkpoint (a student made from its teacher's embedding and first layers).
 public enum RandomCheckpoint {
     /// Applies `key=value` overrides (values parsed as JSON, else taken as strings) to a config.
     public static func override(_ config: inout [String: Any], with assignments: [String]) throws {
@@ -22,7 +23,7 @@ public enum RandomCheckpoint {
     @discardableResult
     public static func write(
         config: [String: Any], to directory: String, seed: UInt64, dtype: DType, maxShardBytes: Int = 4 << 30,
-        replace: Bool = false, configOnly: Bool = false
+        replace: Bool = false, configOnly: Bool = false, extraFiles: [String] = [], copyFrom: Checkpoint? = nil
     ) throws -> ModelSpec {
         guard dtype == .f32 || dtype == .bf16 else { throw KDError("--dtype must be f32 or bf16") }
         let fm = FileManager.default
@@ -42,7 +43,11 @@ public enum RandomCheckpoint {
             try configData.write(to: URL(fileURLWithPath: (staging as NSString).appendingPathComponent("config.json")))
             if !configOnly {
                 let std = Float((config["initializer_range"] as? Double) ?? 0.02)
-                try writeWeights(spec: spec, into: staging, seed: seed, dtype: dtype, std: std, maxShardBytes: maxShardBytes)
+                try writeWeights(spec: spec, into: staging, seed: seed, dtype: dtype, std: std, maxShardBytes: maxShardBytes,
+                                 copyFrom: copyFrom)
+            }
+            for file in extraFiles {
+                try fm.copyItem(atPath: file, toPath: (staging as NSString).appendingPathComponent((file as NSString).lastPathComponent))
             }
             if fm.fileExists(atPath: directory) { try fm.removeItem(atPath: directory) }
             try fm.moveItem(atPath: staging, toPath: directory)
@@ -53,8 +58,10 @@ public enum RandomCheckpoint {
         return spec
     }
 
+    /// Random tensors, except those `copyFrom` has under the same name and shape, which are copied.
     static func writeWeights(spec: ModelSpec, into directory: String, seed: UInt64, dtype: DType, std: Float,
-                             maxShardBytes: Int) throws {
+                             maxShardBytes: Int, copyFrom: Checkpoint?) throws {
+        let device = Device(id: 0)
         let tensors = spec.checkpointTensors()
         var shards: [[(name: String, shape: [Int])]] = [[]]
         var shardBytes = 0
@@ -79,7 +86,10 @@ public enum RandomCheckpoint {
                 entries: shard.map { .init(name: $0.name, dtype: dtype, shape: $0.shape) })
             for tensor in shard {
                 let count = tensor.shape.reduce(1, *)
-                if tensor.name.hasSuffix("norm.weight") {
+                if let source = copyFrom, let (_, info) = source.tensors[tensor.name], info.shape == tensor.shape,
+                   info.dtype.isFloatingPoint {
+                    scratch.update(from: try source.load(tensor.name, on: device).data, count: count)
+                } else if tensor.name.hasSuffix("norm.weight") {
                     scratch.update(repeating: 1, count: count)
                 } else {
                     RandomGenerator.fillNormal(scratch, count: count, std: std, seed: seed,

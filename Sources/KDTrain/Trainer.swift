@@ -45,7 +45,7 @@ public final class Trainer {
     public private(set) var step = 0
     /// Notes for the user (a shared vocabulary range, changed config keys on resume).
     public private(set) var notes: [String] = []
-    let padID: Int
+    public let padID: Int
     let adapters: [(name: String, adapter: LoRAAdapter)]
     /// Called with each step's number and its gradients before clipping.
     public var optimizerHook: ((Int, [(name: String, tensor: Tensor)]) throws -> Void)?

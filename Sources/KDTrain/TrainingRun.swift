@@ -20,6 +20,8 @@ public final class TrainingRun {
 
     public let trainer: Trainer
     public let outputDir: String
+    /// `data.eval`, evaluated base vs distilled when the run finishes.
+    public let evalDataset: Dataset?
     public let resumedFrom: String?
     let metricsPath: String
     /// Called before clipping with each step's gradients (for checking against a reference).
@@ -42,6 +44,7 @@ public final class TrainingRun {
             }
         }
         if let from { _ = try TrainingCheckpoint.readState(from) }
+        evalDataset = try config.data.eval.map { try config.loadDataset($0, key: "data.eval") }
         trainer = try Trainer(config: config, resumeFrom: from, onLoad: onNote)
         resumedFrom = from
         for note in trainer.notes { onNote(note) }
@@ -105,6 +108,16 @@ public final class TrainingRun {
         if lastCheckpointStep != trainer.step { try trainer.saveCheckpoint() }
         try writeFinalModel()
         return .finished
+    }
+
+    /// Base vs distilled on `data.eval`, written to `<output_dir>/eval.json`; nil without eval data.
+    public func evaluate() throws -> (base: HeldOutReport, distilled: HeldOutReport)? {
+        guard let evalDataset else { return nil }
+        let (base, distilled) = try Evaluation.baseAndAdapted(
+            trainer.pass, dataset: evalDataset, batchSize: trainer.config.train.batchSize, padID: trainer.padID)
+        try writeJSON(["step": trainer.step, "data": evalDataset.path, "base": base.json, "distilled": distilled.json],
+                      to: (outputDir as NSString).appendingPathComponent("eval.json"))
+        return (base, distilled)
     }
 
     /// `final_model/`: the adapter, and the merged model when `checkpoint.save_merged`.

@@ -53,6 +53,10 @@ struct Train: KDCommand {
         switch outcome {
         case .finished:
             Console.info("done: \(run.run.outputDir)/final_model")
+            if let (base, distilled) = try training.evaluate() {
+                Console.info(Evaluation.table(base: base, adapted: distilled,
+                                              title: "held-out (\(run.data.eval!), \(distilled.tokens) scored tokens):"))
+            }
         case .stopped(let signal, let checkpoint):
             Console.info("stopped at step \(training.trainer.step) by signal \(signal); checkpoint \(checkpoint); "
                 + "resume with: kd train --config \(config) --resume")

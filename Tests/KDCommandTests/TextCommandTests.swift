@@ -2,7 +2,7 @@ import Foundation
 import Testing
 
 @Suite struct TextCommandTests {
-    static let tokenizer = KDProcess.fixtures + "/tokenizer/qwen3"
+    static let tokenizer = KDProcess.repository + "/Configs/tokenizer/qwen3"
 
     @Test func tokenizeAndDetokenizeRoundTripInAPipe() throws {
         let input = "{\"text\": \"Hello world, 你好!\"}\n\n{\"text\": \"e\\u0301\"}\n"

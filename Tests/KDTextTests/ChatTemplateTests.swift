@@ -17,7 +17,7 @@ import KDCore
     }
 
     @Test func qwen3TemplateIsRecognisedAndOthersRefused() throws {
-        let tokenizer = try Tokenizer.load(directory: TextFixtures.path("tokenizer", "qwen3"))
+        let tokenizer = TextFixtures.qwen3
         try ChatTemplate.check(tokenizer.chatTemplate, file: "tokenizer_config.json")
         #expect(tokenizer.padID == 151_643)
         #expect(tokenizer.eosID == 151_645)

@@ -4,7 +4,7 @@ import KDCore
 @testable import KDText
 
 @Suite struct DatasetTests {
-    static let tokenizer = try! Tokenizer.load(directory: TextFixtures.path("tokenizer", "qwen3"))
+    static let tokenizer = TextFixtures.qwen3
     static let ignored = [Int](repeating: -100, count: 20)
 
     static func dataset(_ lines: [String], _ options: DatasetOptions = DatasetOptions()) throws -> Dataset {

@@ -9,8 +9,12 @@ enum TextFixtures {
         parts.reduce(root) { ($0 as NSString).appendingPathComponent($1) }
     }
 
-    /// The Qwen3 tokenizer, loaded once for all tests.
-    static let qwen3: Tokenizer = try! Tokenizer(file: path("tokenizer", "qwen3", "tokenizer.json"))
+    /// The Qwen3 tokenizer kept in Configs/tokenizer/qwen3 (the demo's models use it too).
+    static let qwen3Directory = URL(fileURLWithPath: root).deletingLastPathComponent().deletingLastPathComponent()
+        .appendingPathComponent("Configs/tokenizer/qwen3").path
+
+    /// Loaded once for all tests.
+    static let qwen3: Tokenizer = try! Tokenizer.load(directory: qwen3Directory)
 
     static func jsonLines(_ name: String) throws -> [[String: Any]] {
         let text = try String(contentsOfFile: path("tokenizer", name), encoding: .utf8)
