@@ -13,7 +13,10 @@ public enum Kernels {
     /// lane by lane, about 35× slower.)
     @inlinable @inline(__always)
     public static func exp(_ x: Vec) -> Vec {
-        let clamped = x.clamped(lowerBound: Vec(repeating: -87.33654), upperBound: Vec(repeating: 88.72284))
+        // Clamped with masks: the generic pointwiseMin/Max are not inlined.
+        var clamped = x
+        clamped.replace(with: -87.33654, where: x .< -87.33654)
+        clamped.replace(with: 88.72284, where: x .> 88.72284)
         // Adding 1.5·2^23 rounds x·log2(e) to the nearest integer n and leaves n in the low
         // mantissa bits: the rounding and the float→int conversion in one add (Swift's generic
         // SIMD conversions run lane by lane).
@@ -47,7 +50,8 @@ public enum Kernels {
         var best = Vec(repeating: -.infinity)
         var i = 0
         while i + 8 <= count {
-            best = pointwiseMax(best, Vec(UnsafeBufferPointer(start: x + i, count: 8)))
+            let v = load(x + i)
+            best.replace(with: v, where: v .> best)
             i += 8
         }
         var result = best.max()

@@ -12,6 +12,7 @@ public struct RunConfig: Equatable, Sendable {
         public var outputDir = "runs/kd"
         public var seed = 42
         public var threads: Int? = nil
+        public var concurrency = Concurrency.auto
     }
 
     public struct Devices: Equatable, Sendable {
@@ -29,7 +30,7 @@ public struct RunConfig: Equatable, Sendable {
     public struct Distill: Equatable, Sendable {
         public var alpha: Double = 0.8
         public var temperature: Double = 2.0
-        public var chunkTokens = 128
+        public var chunkTokens = 256
     }
 
     public struct DataSection: Equatable, Sendable {
@@ -183,6 +184,7 @@ extension LoRAInit: ConfigEnum {}
 extension DataFormat: ConfigEnum {}
 extension BadRecordPolicy: ConfigEnum {}
 extension LRSchedule: ConfigEnum {}
+extension Concurrency: ConfigEnum {}
 
 extension RunConfig {
     private static func field<V: ConfigValue>(
@@ -198,7 +200,8 @@ extension RunConfig {
     public static let fields: [ConfigField] = [
         field("run.output_dir", \.run.outputDir, "Directory for metrics.jsonl, checkpoints and the final model."),
         field("run.seed", \.run.seed, "Seed of every random choice: LoRA init, shuffling, dropout."),
-        field("run.threads", \.run.threads, "BLAS threads per call; null = one per core."),
+        field("run.threads", \.run.threads, "Cores kd uses; null = all of them."),
+        field("run.concurrency", \.run.concurrency, "Teacher and student at the same time: on, off, or auto (on from 4 threads up)."),
         field("devices.count", \.devices.count, "Number of logical devices; null = enough for the ids used."),
         field("devices.memory_per_device", \.devices.memoryPerDevice, "Budget of each device (e.g. 80GiB), enforced; null = unlimited."),
         field("teacher.path", \.teacher.path, "Teacher model directory (config.json + safetensors)."),

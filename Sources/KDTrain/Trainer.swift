@@ -56,7 +56,7 @@ public final class Trainer {
     public init(config: RunConfig, resumeFrom: String? = nil, onLoad: (String) -> Void = { _ in }) throws {
         self.config = config
         try config.requireModelPaths()
-        budget = ComputeBudget(threads: config.run.threads)
+        budget = ComputeBudget(threads: config.run.threads, concurrency: config.run.concurrency)
         BLAS.threads = budget.threads
 
         let plan = try MemoryPlan(config: config)
@@ -139,14 +139,28 @@ public final class Trainer {
         config.train.lr * config.train.lrSchedule.factor(step: step, warmup: config.train.warmupSteps, total: config.train.maxSteps)
     }
 
+    /// The next step's micro-batches, drawn ahead (with the sampler position after them) so the
+    /// teacher can start on the first while the student finishes the current step.
+    private var upcoming: (batches: [PaddedBatch], sampler: BatchSampler)?
+    /// The teacher side of the next micro-batch, already started.
+    private var prefetched: TeacherStream?
+
+    private func drawBatches(from sampler: BatchSampler) -> (batches: [PaddedBatch], sampler: BatchSampler) {
+        var sampler = sampler
+        let batches = (0..<config.train.gradAccumSteps).map { _ in
+            PaddedBatch(sampler.next().map { dataset.examples[$0] }, padID: padID)
+        }
+        return (batches, sampler)
+    }
+
     /// Runs one optimizer step over `grad_accum_steps` micro-batches. Fails, without updating
     /// anything, when the loss or the gradient is not finite.
     public func trainStep() throws -> StepMetrics {
         let start = ContinuousClock.now
         let transferBefore = devices.devices.reduce(0) { $0 + $1.transferredIn.bytes }
-        let batches = (0..<config.train.gradAccumSteps).map { _ in
-            PaddedBatch(sampler.next().map { dataset.examples[$0] }, padID: padID)
-        }
+        let (batches, samplerAfter) = upcoming ?? drawBatches(from: sampler)
+        upcoming = nil
+        sampler = samplerAfter
         let scored = batches.reduce(0) { $0 + $1.scoredTokens }
         guard scored > 0 else { throw KDError("step \(step + 1): the batch has no scored tokens") }
         for (_, adapter) in adapters { try adapter.zeroGradients() }
@@ -158,7 +172,18 @@ public final class Trainer {
                     seed: UInt64(config.run.seed), stream: RandomGenerator.hash("dropout"), UInt64(step), UInt64(micro),
                     RandomGenerator.hash(name))
             }
-            let result = try pass.run(batch, gradientScale: 1 / Float(scored))
+            let stream = prefetched ?? pass.startTeacher(batch)
+            prefetched = nil
+            let result = try pass.run(batch, gradientScale: 1 / Float(scored), teacherStream: stream) {
+                // While the student runs backward, the teacher starts on the next micro-batch.
+                guard budget.concurrent else { return }
+                if micro + 1 < batches.count {
+                    prefetched = pass.startTeacher(batches[micro + 1])
+                } else if step + 1 < config.train.maxSteps {
+                    upcoming = drawBatches(from: sampler)
+                    prefetched = pass.startTeacher(upcoming!.batches[0])
+                }
+            }
             totals.add(result.totals)
             metrics.teacherMs += result.teacherSeconds * 1000
             metrics.studentMs += result.studentSeconds * 1000
@@ -171,8 +196,14 @@ public final class Trainer {
         metrics.loss = alpha * temperature * temperature * metrics.klLoss + (1 - alpha) * metrics.ceLoss
         metrics.agreement = Double(totals.agreements) / n
         metrics.gradNorm = optimizer.gradientNorm()
-        guard metrics.loss.isFinite else { throw NonFiniteStep(step: step + 1, what: "loss") }
-        guard metrics.gradNorm.isFinite else { throw NonFiniteStep(step: step + 1, what: "gradient norm") }
+        guard metrics.loss.isFinite else {
+            discardPrefetch()
+            throw NonFiniteStep(step: step + 1, what: "loss")
+        }
+        guard metrics.gradNorm.isFinite else {
+            discardPrefetch()
+            throw NonFiniteStep(step: step + 1, what: "gradient norm")
+        }
         metrics.lr = nextLearningRate
         try optimizerHook?(step + 1, gradients())
         if config.train.maxGradNorm > 0 { optimizer.clip(norm: metrics.gradNorm, maxNorm: config.train.maxGradNorm) }
@@ -184,6 +215,13 @@ public final class Trainer {
         metrics.tokensPerSecond = Double(metrics.tokens) / seconds
         metrics.transferBytes = devices.devices.reduce(0) { $0 + $1.transferredIn.bytes } - transferBefore
         return metrics
+    }
+
+    /// Drops the teacher work started for the next step (the run is stopping).
+    public func discardPrefetch() {
+        prefetched?.cancel()
+        prefetched = nil
+        upcoming = nil
     }
 
     /// The adapters' gradients by PEFT key (clipped once the step has been applied).
@@ -216,7 +254,7 @@ public final class Trainer {
 
     /// FNV-1a of every key that changes the numbers of a step (not max_steps or bookkeeping).
     var configHash: String {
-        let ignored: Set<String> = ["train.max_steps", "run.output_dir", "run.threads", "checkpoint.every_steps",
+        let ignored: Set<String> = ["train.max_steps", "run.output_dir", "run.threads", "run.concurrency", "checkpoint.every_steps",
                                     "checkpoint.keep_last", "checkpoint.save_merged", "log.every_steps"]
         let text = config.effectiveValues.filter { !ignored.contains($0.key) }.map { "\($0.key)=\($0.value)" }
             .joined(separator: "\n")

@@ -17,10 +17,13 @@ import KDModels
          "--set", "train.lr_schedule=cosine", "--set", "train.warmup_steps=1"] + extra
     }
 
-    static func stripTimes(_ metrics: String) -> [String] {
+    /// Metrics lines without what depends on timing (and, when the teacher runs ahead into the
+    /// next step, on which step its transfers fall in).
+    static func stripTimes(_ metrics: String, transfers: Bool = false) -> [String] {
         metrics.split(separator: "\n").map { line in
             var object = KDProcess.json(String(line))
             for key in ["elapsed_s", "teacher_ms", "student_ms", "tokens_per_s"] { object.removeValue(forKey: key) }
+            if transfers { object.removeValue(forKey: "transfer_bytes") }
             return String(decoding: try! JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]), as: UTF8.self)
         }
     }
@@ -49,6 +52,24 @@ import KDModels
         #expect(other.status == 0)
         #expect(FileManager.default.contents(atPath: "\(dir)/other/checkpoint-2/adapter_model.safetensors")
             != FileManager.default.contents(atPath: "\(dir)/straight/checkpoint-2/adapter_model.safetensors"))
+    }
+
+    @Test func concurrentAndSequentialSchedulesGiveTheSameNumbers() throws {
+        let dir = KDProcess.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        for mode in ["on", "off"] {
+            let result = try KDProcess.run(Self.arguments(dir + "/" + mode, steps: 3, extra: [
+                "--set", "run.concurrency=\(mode)", "--set", "run.threads=2", "--set", "train.grad_accum_steps=2",
+                "--set", "distill.chunk_tokens=3",
+            ]))
+            #expect(result.status == 0, "\(result.stderr)")
+        }
+        let on = FileManager.default.contents(atPath: dir + "/on/checkpoint-3/adapter_model.safetensors")
+        #expect(on != nil && on == FileManager.default.contents(atPath: dir + "/off/checkpoint-3/adapter_model.safetensors"))
+        let metrics = { (mode: String) in
+            Self.stripTimes(try! String(contentsOfFile: "\(dir)/\(mode)/metrics.jsonl", encoding: .utf8), transfers: true)
+        }
+        #expect(metrics("on") == metrics("off"))
     }
 
     @Test func resumeRefusesADifferentShapeAndFreshRunsRefuseAUsedDirectory() throws {

@@ -1,0 +1,80 @@
+#!/usr/bin/env python3
+"""The same knowledge-distillation step as kd, in PyTorch + PEFT, for the benchmark.
+
+Loads the teacher and student that kd init wrote, puts a PEFT LoRA on the student (same rank,
+alpha, dropout and targets as the kd run), and times optimizer steps on the same token rows:
+teacher logits under no_grad, student logits, KL at temperature T and CE over the scored
+positions, backward, clip_grad_norm_, AdamW. Prints one JSON line.
+
+    python3 Scripts/bench_train_torch.py --teacher DIR --student DIR --tokens FILE --threads N --steps K
+"""
+import argparse
+import json
+import resource
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+from peft import LoraConfig, get_peft_model
+from transformers import AutoModelForCausalLM
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--teacher", required=True)
+    parser.add_argument("--student", required=True)
+    parser.add_argument("--tokens", required=True)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--r", type=int, default=16)
+    parser.add_argument("--alpha", type=float, default=0.8)
+    parser.add_argument("--temperature", type=float, default=2.0)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+
+    teacher = AutoModelForCausalLM.from_pretrained(args.teacher, dtype=torch.float32).eval()
+    student = AutoModelForCausalLM.from_pretrained(args.student, dtype=torch.float32)
+    lora = LoraConfig(r=args.r, lora_alpha=2 * args.r, lora_dropout=0.05, task_type="CAUSAL_LM",
+                      target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    model = get_peft_model(student, lora)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01)
+
+    rows = [json.loads(line) for line in open(args.tokens)][: args.batch_size]
+    ids = torch.tensor([r["input_ids"] for r in rows])
+    labels = torch.tensor([r.get("labels", r["input_ids"]) for r in rows])
+    mask = torch.ones_like(ids)
+    tokens = int(mask.sum())
+
+    times = []
+    for step in range(args.steps + 1):
+        start = time.perf_counter()
+        with torch.no_grad():
+            teacher_logits = teacher(input_ids=ids, attention_mask=mask).logits[:, :-1]
+        student_logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
+        target = labels[:, 1:]
+        scored = target != -100
+        n = scored.sum()
+        t, s = teacher_logits[scored], student_logits[scored]
+        kl = (F.softmax(t / args.temperature, -1)
+              * (F.log_softmax(t / args.temperature, -1) - F.log_softmax(s / args.temperature, -1))).sum() / n
+        ce = F.cross_entropy(s, target[scored], reduction="sum") / n
+        loss = args.alpha * args.temperature ** 2 * kl + (1 - args.alpha) * ce
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if step > 0:  # the first step warms up allocators and kernels
+            times.append(time.perf_counter() - start)
+    seconds = statistics.median(times)
+    print(json.dumps({"impl": "torch", "threads": args.threads, "tokens": tokens, "step_s_median": round(seconds, 4),
+                      "tokens_per_s": round(tokens / seconds, 1),
+                      "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}))
+
+
+if __name__ == "__main__":
+    main()
