@@ -152,7 +152,9 @@ public final class CausalLM {
             dx = try dx.to(device)
             let gradient = dx
             try device.run { [self] in
-                for layer in layers[stage.layers].reversed() { try layer.backward(gradient, context: state.context) }
+                for layer in layers[stage.layers].reversed() {
+                    try layer.backward(gradient, context: state.context, inputGradient: layer.index > 0)
+                }
             }
         }
     }

@@ -49,9 +49,10 @@ public enum DistillationLoss {
     }
 
     /// Loss totals of `rows` positions; when `gradient`, the student logits are overwritten with
-    /// ∂loss/∂s. Rows are spread over `threads` workers.
+    /// ∂loss/∂s (and the teacher logits, a scratch copy, with e^((t − max t)/T)). Rows are spread
+    /// over `threads` workers.
     public static func chunk(
-        teacher: UnsafePointer<Float>, teacherStride: Int, student: UnsafeMutablePointer<Float>, labels: [Int32],
+        teacher: UnsafeMutablePointer<Float>, teacherStride: Int, student: UnsafeMutablePointer<Float>, labels: [Int32],
         settings: Settings, gradient: Bool, threads: Int
     ) -> Totals {
         let rows = labels.count
@@ -75,7 +76,7 @@ public enum DistillationLoss {
         return totals
     }
 
-    static func row(teacher t: UnsafePointer<Float>, student s: UnsafeMutablePointer<Float>, label: Int,
+    static func row(teacher t: UnsafeMutablePointer<Float>, student s: UnsafeMutablePointer<Float>, label: Int,
                     settings: Settings, gradient: Bool) -> Totals {
         let n = settings.vocab
         let inverseT = 1 / settings.temperature
@@ -95,6 +96,7 @@ public enum DistillationLoss {
             let c = Kernels.load(s + v) - sm
             let b = c * invT
             let ea = Kernels.exp(a)
+            if gradient { Kernels.store(ea, t + v) }  // kept for the gradient pass
             sumA += ea
             sumB += Kernels.exp(b)
             sumC += Kernels.exp(c)
@@ -107,6 +109,7 @@ public enum DistillationLoss {
             let c = s[v] - studentMax
             let b = c * inverseT
             let ea = Kernels.exp(a)
+            if gradient { t[v] = ea }
             sA += ea
             sB += Kernels.exp(b)
             sC += Kernels.exp(c)
@@ -124,16 +127,14 @@ public enum DistillationLoss {
             let invA = Vec(repeating: 1 / sA), invB = Vec(repeating: 1 / sB), invC = Vec(repeating: 1 / sC)
             v = 0
             while v + 8 <= n {
-                let a = (Kernels.load(t + v) - tm) * invT
                 let c = Kernels.load(s + v) - sm
-                let q = Kernels.exp(c * invT) * invB, p = Kernels.exp(a) * invA, softmax = Kernels.exp(c) * invC
+                let q = Kernels.exp(c * invT) * invB, p = Kernels.load(t + v) * invA, softmax = Kernels.exp(c) * invC
                 Kernels.store(klWeight * (q - p) + ceWeight * softmax, s + v)
                 v += 8
             }
             while v < n {
-                let a = (t[v] - teacherMax) * inverseT
                 let c = s[v] - studentMax
-                let q = Kernels.exp(c * inverseT) / sB, p = Kernels.exp(a) / sA, softmax = Kernels.exp(c) / sC
+                let q = Kernels.exp(c * inverseT) / sB, p = t[v] / sA, softmax = Kernels.exp(c) / sC
                 s[v] = klWeight[0] * (q - p) + ceWeight[0] * softmax
                 v += 1
             }

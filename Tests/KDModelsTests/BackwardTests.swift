@@ -121,7 +121,7 @@ import KDCore
         for row in [8, 9] { for i in 0..<hidden { r.data[row * hidden + i] = 0 } }
         func evaluate() throws -> Double { Self.loss(try attention.forward(x, context: context), r) }
         _ = try attention.forward(x, context: context, training: true)
-        let dx = try attention.backward(r, context: context)
+        let dx = try attention.backward(r, context: context)!
         try Self.check("attention dx", parameter: x, grad: dx, samples: 20, evaluate: evaluate)
         for linear in attention.linears {
             try Self.check("\(linear.name) A", parameter: linear.adapter!.a, grad: linear.adapter!.gradA!, evaluate: evaluate)

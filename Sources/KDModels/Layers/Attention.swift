@@ -118,9 +118,10 @@ public final class Attention {
         }
     }
 
-    /// Given d(output) [rows, hidden], returns d(input) [rows, hidden] and accumulates the
-    /// adapters' gradients.
-    public func backward(_ dOut: Tensor, context: ForwardContext) throws -> Tensor {
+    /// Given d(output) [rows, hidden], returns d(input) [rows, hidden] (unless `inputGradient` is
+    /// false: nothing before this layer trains) and accumulates the adapters' gradients.
+    @discardableResult
+    public func backward(_ dOut: Tensor, context: ForwardContext, inputGradient: Bool = true) throws -> Tensor? {
         guard let saved else { throw KDError("attention backward without a training forward pass") }
         self.saved = nil
         let rows = context.rows, seq = context.sequenceLength, device = dOut.device
@@ -167,7 +168,7 @@ public final class Attention {
                                 rows: rows * heads, cols: headDim, into: dq.data, accumulate: false)
         Kernels.rmsNormBackward(dk.data, x: saved.kRaw.data, weight: kNorm.data, inverseRMS: saved.kInverseRMS.data,
                                 rows: rows * kvHeads, cols: headDim, into: dk.data, accumulate: false)
-        let dx = try Tensor(uninitializedShape: [rows, qProj.inFeatures], on: device)
+        let dx = inputGradient ? try Tensor(uninitializedShape: [rows, qProj.inFeatures], on: device) : nil
         try qProj.backward(dq, rows: rows, into: dx, accumulate: false)
         try kProj.backward(dk, rows: rows, into: dx, accumulate: true)
         try vProj.backward(dv, rows: rows, into: dx, accumulate: true)

@@ -47,7 +47,8 @@ public final class DecoderLayer {
     }
 
     /// Turns d(output) [rows, hidden] into d(input) in place, accumulating adapter gradients.
-    public func backward(_ dx: Tensor, context: ForwardContext) throws {
+    /// Without `inputGradient` (the first layer: embeddings do not train) d(input) is not formed.
+    public func backward(_ dx: Tensor, context: ForwardContext, inputGradient: Bool = true) throws {
         guard let saved else { throw KDError("layer \(index) backward without a training forward pass") }
         self.saved = nil
         let rows = context.rows, hidden = dx.shape[1]
@@ -55,7 +56,7 @@ public final class DecoderLayer {
         Kernels.rmsNormBackward(dNormed2.data, x: saved.middle.data, weight: postAttentionNorm.data,
                                 inverseRMS: saved.middleInverseRMS.data, rows: rows, cols: hidden, into: dx.data,
                                 accumulate: true)
-        let dNormed = try attention.backward(dx, context: context)
+        guard let dNormed = try attention.backward(dx, context: context, inputGradient: inputGradient) else { return }
         Kernels.rmsNormBackward(dNormed.data, x: saved.input.data, weight: inputNorm.data,
                                 inverseRMS: saved.inputInverseRMS.data, rows: rows, cols: hidden, into: dx.data,
                                 accumulate: true)

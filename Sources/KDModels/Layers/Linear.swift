@@ -28,10 +28,13 @@ public final class Linear {
         return y
     }
 
-    /// dx (+)= dy·W plus the adapter's input path; the adapter's gradients accumulate.
-    public func backward(_ dy: Tensor, rows: Int, into dx: Tensor, accumulate: Bool) throws {
-        BLAS.gemm(m: rows, n: inFeatures, k: outFeatures, a: dy.data, lda: outFeatures, b: weight.data,
-                  ldb: inFeatures, beta: accumulate ? 1 : 0, c: dx.data, ldc: inFeatures)
+    /// dx (+)= dy·W plus the adapter's input path; the adapter's gradients accumulate. Without
+    /// `dx` (nothing upstream trains) only the adapter's gradients are formed.
+    public func backward(_ dy: Tensor, rows: Int, into dx: Tensor?, accumulate: Bool) throws {
+        if let dx {
+            BLAS.gemm(m: rows, n: inFeatures, k: outFeatures, a: dy.data, lda: outFeatures, b: weight.data,
+                      ldb: inFeatures, beta: accumulate ? 1 : 0, c: dx.data, ldc: inFeatures)
+        }
         try adapter?.backward(dy, rows: rows, accumulateInto: dx)
     }
 }

@@ -71,8 +71,8 @@ public final class LoRAAdapter {
         }
     }
 
-    /// gradB += s·dyᵀ·(A·x̃); gradA += (s·dy·B)ᵀ·x̃; dx += mask ⊙ (s·dy·B)·A.
-    func backward(_ dy: Tensor, rows: Int, accumulateInto dx: Tensor) throws {
+    /// gradB += s·dyᵀ·(A·x̃); gradA += (s·dy·B)ᵀ·x̃; dx += mask ⊙ (s·dy·B)·A (when dx is wanted).
+    func backward(_ dy: Tensor, rows: Int, accumulateInto dx: Tensor?) throws {
         guard let input = savedInput, let projection = savedProjection, let gradA, let gradB else {
             throw KDError("LoRA backward without a training forward pass")
         }
@@ -83,14 +83,14 @@ public final class LoRAAdapter {
                   c: dProjection.data, ldc: rank)
         BLAS.gemm(transA: true, m: rank, n: inFeatures, k: rows, a: dProjection.data, lda: rank, b: input.data,
                   ldb: inFeatures, beta: 1, c: gradA.data, ldc: inFeatures)
-        if dropout > 0, let stream = dropoutStream {
+        if let dx, dropout > 0, let stream = dropoutStream {
             let dInput = try Tensor(uninitializedShape: [rows, inFeatures], on: a.device)
             BLAS.gemm(m: rows, n: inFeatures, k: rank, a: dProjection.data, lda: rank, b: a.data, ldb: inFeatures,
                       c: dInput.data, ldc: inFeatures)
             let mask = try Tensor(uninitializedShape: [rows, inFeatures], on: a.device)
             fillDropoutMask(mask.data, count: rows * inFeatures, stream: stream)
             for i in 0..<(rows * inFeatures) { dx.data[i] += dInput.data[i] * mask.data[i] }
-        } else {
+        } else if let dx {
             BLAS.gemm(m: rows, n: inFeatures, k: rank, a: dProjection.data, lda: rank, b: a.data, ldb: inFeatures,
                       beta: 1, c: dx.data, ldc: inFeatures)
         }
