@@ -61,6 +61,7 @@ let package = Package(
         .testTarget(name: "KDModelsTests", dependencies: ["KDCore", "KDModels"], swiftSettings: settings),
         .testTarget(name: "KDTextTests", dependencies: ["KDCore", "KDText"], swiftSettings: settings),
         .testTarget(name: "KDTrainTests", dependencies: ["KDCore", "KDModels", "KDTrain"], swiftSettings: settings),
+        .testTarget(name: "KDEvalTests", dependencies: ["KDCore", "KDModels", "KDText", "KDEval"], swiftSettings: settings),
         // Runs the built `kd` binary: exit codes, stdout/stderr, end-to-end files.
         .testTarget(name: "KDCommandTests", dependencies: ["kd", "KDCore", "KDModels"], swiftSettings: settings),
     ]
