@@ -29,36 +29,24 @@ public struct StepMetrics: Sendable {
     }
 }
 
-/// A training run's models, data and optimizer, advanced one optimizer step at a time.
-public final class Trainer {
-    public let config: RunConfig
+/// A run's teacher and student on their device groups, with the tokenizer and the shared
+/// vocabulary: what training and evaluation both start from.
+public struct RunModels {
     public let budget: ComputeBudget
     public let devices: DeviceGroup
     public let teacher: CausalLM
     public let student: CausalLM
     public let tokenizer: Tokenizer?
-    public let dataset: Dataset
     public let vocab: Int
-    public let pass: DistillationPass
-    public let optimizer: AdamW
-    public private(set) var sampler: BatchSampler
-    public private(set) var step = 0
-    /// Notes for the user (a shared vocabulary range, changed config keys on resume).
-    public private(set) var notes: [String] = []
     public let padID: Int
-    let adapters: [(name: String, adapter: LoRAAdapter)]
-    /// Called with each step's number and its gradients before clipping.
-    public var optimizerHook: ((Int, [(name: String, tensor: Tensor)]) throws -> Void)?
+    /// Notes for the user (a shared vocabulary range).
+    public let notes: [String]
 
-    /// Builds the run: checks the plan and the vocabularies before any weight is read, loads both
-    /// models onto their device groups, attaches the adapters, reads the data, and restores
-    /// `resumeFrom` (a checkpoint directory) when given.
-    public init(config: RunConfig, resumeFrom: String? = nil, onLoad: (String) -> Void = { _ in }) throws {
-        self.config = config
+    /// Checks the plan and the vocabularies before any weight is read, then loads both models.
+    public static func load(_ config: RunConfig, onLoad: (String) -> Void = { _ in }) throws -> RunModels {
         try config.requireModelPaths()
-        budget = ComputeBudget(threads: config.run.threads, concurrency: config.run.concurrency)
+        let budget = ComputeBudget(threads: config.run.threads, concurrency: config.run.concurrency)
         BLAS.threads = budget.threads
-
         let plan = try MemoryPlan(config: config)
         if !plan.fits {
             let over = plan.devices.filter { !$0.fits }.map {
@@ -67,22 +55,76 @@ public final class Trainer {
             throw KDError("the run does not fit its devices: \(over.joined(separator: "; ")) (see kd plan)")
         }
         if plan.student.spec.isMoE { throw KDError("student.path: MoE students are not supported (use a dense Qwen3 student)") }
-        dataset = try config.loadDataset(config.data.train, key: "data.train")
-        tokenizer = try config.loadTokenizer(required: false)
+        let tokenizer = try config.loadTokenizer(required: false)
         var notes: [String] = []
-        vocab = try Trainer.sharedVocabulary(teacher: plan.teacher.spec, student: plan.student.spec, tokenizer: tokenizer,
-                                             notes: &notes)
-        padID = tokenizer?.padID ?? 0
-
-        let all = try DeviceGroup.make(count: config.deviceCount, capacity: config.devices.memoryPerDevice?.bytes)
-        devices = all
+        let vocab = try sharedVocabulary(teacher: plan.teacher.spec, student: plan.student.spec, tokenizer: tokenizer,
+                                         notes: &notes)
+        let devices = try DeviceGroup.make(count: config.deviceCount, capacity: config.devices.memoryPerDevice?.bytes)
         let start = ContinuousClock.now
-        teacher = try CausalLM.load(try Checkpoint(directory: config.teacher.path),
-                                    on: try DeviceGroup(config.teacher.devices.map { all.devices[$0] }))
-        student = try CausalLM.load(try Checkpoint(directory: config.student.path),
-                                    on: try DeviceGroup(config.student.devices.map { all.devices[$0] }))
+        let teacher = try CausalLM.load(try Checkpoint(directory: config.teacher.path),
+                                        on: try DeviceGroup(config.teacher.devices.map { devices.devices[$0] }))
+        let student = try CausalLM.load(try Checkpoint(directory: config.student.path),
+                                        on: try DeviceGroup(config.student.devices.map { devices.devices[$0] }))
         onLoad(String(format: "loaded teacher and student in %.1f s", (ContinuousClock.now - start).seconds))
+        return RunModels(budget: budget, devices: devices, teacher: teacher, student: student, tokenizer: tokenizer,
+                         vocab: vocab, padID: tokenizer?.padID ?? 0, notes: notes)
+    }
 
+    /// The vocabulary the loss uses: equal sizes, or sizes differing only in embedding padding
+    /// rows beyond the tokenizer's length (then the shared range).
+    static func sharedVocabulary(teacher: ModelSpec, student: ModelSpec, tokenizer: Tokenizer?, notes: inout [String]) throws -> Int {
+        if teacher.vocabSize == student.vocabSize { return teacher.vocabSize }
+        let shared = min(teacher.vocabSize, student.vocabSize)
+        guard let tokenizer else {
+            throw KDError("teacher vocab_size \(teacher.vocabSize) differs from student vocab_size \(student.vocabSize), and "
+                + "without a tokenizer kd cannot tell whether the difference is only padding (set data.tokenizer)")
+        }
+        guard tokenizer.count <= shared else {
+            throw KDError("teacher vocab_size \(teacher.vocabSize) and student vocab_size \(student.vocabSize) differ within "
+                + "the tokenizer's \(tokenizer.count) tokens: the models do not share a vocabulary")
+        }
+        notes.append("teacher vocab_size \(teacher.vocabSize), student \(student.vocabSize): the loss uses the shared "
+            + "first \(shared) logits (the tokenizer has \(tokenizer.count) tokens; the rest are embedding padding)")
+        return shared
+    }
+
+    /// The distillation pass of a run's settings over these models.
+    public func pass(_ config: RunConfig) -> DistillationPass {
+        DistillationPass(teacher: teacher, student: student, alpha: Float(config.distill.alpha),
+                         temperature: Float(config.distill.temperature), chunkTokens: config.distill.chunkTokens,
+                         vocab: vocab, budget: budget)
+    }
+}
+
+/// A training run's models, data and optimizer, advanced one optimizer step at a time.
+public final class Trainer {
+    public let config: RunConfig
+    public let models: RunModels
+    public let dataset: Dataset
+    public let pass: DistillationPass
+    public let optimizer: AdamW
+    public private(set) var sampler: BatchSampler
+    public private(set) var step = 0
+    /// Notes for the user (a shared vocabulary range, changed config keys on resume).
+    public private(set) var notes: [String] = []
+    let adapters: [(name: String, adapter: LoRAAdapter)]
+    /// Called with each step's number and its gradients before clipping.
+    public var optimizerHook: ((Int, [(name: String, tensor: Tensor)]) throws -> Void)?
+
+    public var budget: ComputeBudget { models.budget }
+    public var devices: DeviceGroup { models.devices }
+    public var teacher: CausalLM { models.teacher }
+    public var student: CausalLM { models.student }
+    public var padID: Int { models.padID }
+
+    /// Builds the run: the models (see `RunModels.load`), the adapters, the data, and the state of
+    /// `resumeFrom` (a checkpoint directory) when given.
+    public init(config: RunConfig, resumeFrom: String? = nil, onLoad: (String) -> Void = { _ in }) throws {
+        self.config = config
+        dataset = try config.loadDataset(config.data.train, key: "data.train")
+        let models = try RunModels.load(config, onLoad: onLoad)
+        self.models = models
+        let student = models.student
         if let initFrom = config.lora.initFrom {
             let given = try PEFTAdapter.settings(directory: initFrom)
             for (key, mine, theirs) in [("r", "\(config.lora.r)", "\(given.r)"), ("alpha", "\(config.lora.alpha)", "\(given.alpha)"),
@@ -104,32 +146,11 @@ public final class Trainer {
             try optimizer.add(name: name + ".lora_A", parameter: adapter.a) { adapter.gradA! }
             try optimizer.add(name: name + ".lora_B", parameter: adapter.b) { adapter.gradB! }
         }
-        pass = DistillationPass(
-            teacher: teacher, student: student, alpha: Float(config.distill.alpha),
-            temperature: Float(config.distill.temperature), chunkTokens: config.distill.chunkTokens, vocab: vocab,
-            budget: budget)
+        pass = models.pass(config)
         sampler = BatchSampler(count: dataset.examples.count, batchSize: config.train.batchSize,
                                shuffle: config.data.shuffle, seed: UInt64(config.run.seed))
-        self.notes = notes
+        notes = models.notes
         if let resumeFrom { try restore(from: resumeFrom) }
-    }
-
-    /// The vocabulary the loss uses: equal sizes, or sizes differing only in embedding padding
-    /// rows beyond the tokenizer's length (then the shared range).
-    static func sharedVocabulary(teacher: ModelSpec, student: ModelSpec, tokenizer: Tokenizer?, notes: inout [String]) throws -> Int {
-        if teacher.vocabSize == student.vocabSize { return teacher.vocabSize }
-        let shared = min(teacher.vocabSize, student.vocabSize)
-        guard let tokenizer else {
-            throw KDError("teacher vocab_size \(teacher.vocabSize) differs from student vocab_size \(student.vocabSize), and "
-                + "without a tokenizer kd cannot tell whether the difference is only padding (set data.tokenizer)")
-        }
-        guard tokenizer.count <= shared else {
-            throw KDError("teacher vocab_size \(teacher.vocabSize) and student vocab_size \(student.vocabSize) differ within "
-                + "the tokenizer's \(tokenizer.count) tokens: the models do not share a vocabulary")
-        }
-        notes.append("teacher vocab_size \(teacher.vocabSize), student \(student.vocabSize): the loss uses the shared "
-            + "first \(shared) logits (the tokenizer has \(tokenizer.count) tokens; the rest are embedding padding)")
-        return shared
     }
 
     // MARK: Stepping
