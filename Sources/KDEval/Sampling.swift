@@ -37,13 +37,7 @@ public struct Sampling: Sendable, Equatable {
         let inverseT = 1 / temperature
         var maximum = -Float.infinity
         for i in 0..<count { maximum = max(maximum, logits[i]) }
-        // Top-k: the k-th largest logit is the threshold (ties at it are all kept, as torch's warper does).
-        var threshold = -Float.infinity
-        if let topK, topK < count {
-            var values = Array(UnsafeBufferPointer(start: logits, count: count))
-            values.sort(by: >)
-            threshold = values[topK - 1]
-        }
+        let threshold = topKThreshold(logits, count: count)
         var probabilities = [Float](repeating: 0, count: count)
         var total: Float = 0
         for i in 0..<count where logits[i] >= threshold {
@@ -82,14 +76,57 @@ public struct Sampling: Sendable, Equatable {
         return kept.map { ($0.id, $0.probability / mass) }
     }
 
+    /// Top-k: the k-th largest logit, kept in a min-heap of k (ties at it are all kept, as
+    /// torch's warper does); -inf without top-k.
+    func topKThreshold(_ logits: UnsafePointer<Float>, count: Int) -> Float {
+        guard let topK, topK < count else { return -.infinity }
+        var heap = Array(UnsafeBufferPointer(start: logits, count: topK))
+        func siftDown(_ start: Int) {
+            var i = start
+            while true {
+                let l = 2 * i + 1, r = l + 1
+                var smallest = i
+                if l < heap.count && heap[l] < heap[smallest] { smallest = l }
+                if r < heap.count && heap[r] < heap[smallest] { smallest = r }
+                if smallest == i { return }
+                heap.swapAt(i, smallest)
+                i = smallest
+            }
+        }
+        for i in stride(from: heap.count / 2 - 1, through: 0, by: -1) { siftDown(i) }
+        for i in topK..<count where logits[i] > heap[0] {
+            heap[0] = logits[i]
+            siftDown(0)
+        }
+        return heap[0]
+    }
+
     /// The next token for one row.
     public func next(_ logits: UnsafePointer<Float>, count: Int, rng: inout RandomGenerator) -> Int {
         if isGreedy { return Sampling.argmax(logits, count: count) }
+        let u = rng.nextUniform()
+        if topP == nil || topP! >= 1 {
+            // No nucleus to find: draw over the tokens in id order, without sorting.
+            let threshold = topKThreshold(logits, count: count)
+            var maximum = -Float.infinity
+            for i in 0..<count { maximum = max(maximum, logits[i]) }
+            let inverseT = 1 / temperature
+            var total: Float = 0
+            for i in 0..<count where logits[i] >= threshold { total += Kernels.exp((logits[i] - maximum) * inverseT) }
+            var remaining = u * total
+            var last = 0
+            for i in 0..<count where logits[i] >= threshold {
+                remaining -= Kernels.exp((logits[i] - maximum) * inverseT)
+                last = i
+                if remaining < 0 { return i }
+            }
+            return last
+        }
         let kept = candidates(logits, count: count)
-        var u = rng.nextUniform()
+        var remaining = u
         for candidate in kept {
-            u -= candidate.probability
-            if u < 0 { return candidate.id }
+            remaining -= candidate.probability
+            if remaining < 0 { return candidate.id }
         }
         return kept.last!.id
     }

@@ -186,3 +186,13 @@ public func writeDurably(_ data: Data, to path: String) throws {
         throw KDError("\(path): cannot rename into place (\(String(cString: strerror(errno))))")
     }
 }
+
+extension CausalLM {
+    /// Runs `body` with every adapter detached (the base model), then puts them back.
+    public func withAdaptersDetached<T>(_ body: () throws -> T) rethrows -> T {
+        let saved = linears.map(\.adapter)
+        for linear in linears { linear.adapter = nil }
+        defer { for (linear, adapter) in zip(linears, saved) { linear.adapter = adapter } }
+        return try body()
+    }
+}

@@ -245,10 +245,13 @@ public final class Tokenizer: @unchecked Sendable {
     // MARK: Decoding
 
     /// The text of `ids` (byte-level decoding; invalid UTF-8 becomes U+FFFD, as `tokenizers` does).
-    public func decode(_ ids: [Int], skipSpecialTokens: Bool = false) throws -> String {
+    /// Ids beyond the tokenizer are an error, or, with `skipUnknown` (generated text: a model's
+    /// embedding padding rows can be sampled), dropped as `tokenizers` drops them.
+    public func decode(_ ids: [Int], skipSpecialTokens: Bool = false, skipUnknown: Bool = false) throws -> String {
         var bytes: [UInt8] = []
         for id in ids {
             guard id >= 0 && id < tokenBytes.count else {
+                if skipUnknown { continue }
                 throw KDError("token id \(id) is outside the tokenizer (\(tokenBytes.count) tokens)")
             }
             if skipSpecialTokens && specialIDs.contains(id) { continue }

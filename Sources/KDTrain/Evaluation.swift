@@ -34,17 +34,7 @@ public enum Evaluation {
     /// The report of the student without its adapters (the base model), then with them.
     public static func baseAndAdapted(_ pass: DistillationPass, dataset: Dataset, batchSize: Int, padID: Int) throws
         -> (base: HeldOutReport, adapted: HeldOutReport) {
-        let linears = pass.student.linears
-        let adapters = linears.map(\.adapter)
-        for linear in linears { linear.adapter = nil }
-        let base: HeldOutReport
-        do {
-            base = try run(pass, dataset: dataset, batchSize: batchSize, padID: padID)
-        } catch {
-            for (linear, adapter) in zip(linears, adapters) { linear.adapter = adapter }
-            throw error
-        }
-        for (linear, adapter) in zip(linears, adapters) { linear.adapter = adapter }
+        let base = try pass.student.withAdaptersDetached { try run(pass, dataset: dataset, batchSize: batchSize, padID: padID) }
         return (base, try run(pass, dataset: dataset, batchSize: batchSize, padID: padID))
     }
 

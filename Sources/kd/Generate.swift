@@ -58,7 +58,7 @@ struct Generate: KDCommand {
         var firstToken: ContinuousClock.Instant?
         let result = try Generator(model: lm).generate(
             [ids], maxNewTokens: maxNewTokens, sampling: sampling, stop: stop,
-            decode: tokenizer.map { t in { (try? t.decode($0)) ?? "" } },
+            decode: tokenizer.map { t in { (try? t.decode($0, skipUnknown: true)) ?? "" } },
             onToken: { _, id in
                 if firstToken == nil { firstToken = ContinuousClock.now }
                 if stream, let tokenizer, !stop.tokenIDs.contains(id) {
@@ -69,7 +69,7 @@ struct Generate: KDCommand {
         let decodeSeconds = (end - (firstToken ?? end)).seconds
         let tokensPerSecond = result.ids.count > 1 ? Double(result.ids.count - 1) / decodeSeconds : 0
         let shown = result.finish == .stop && stop.tokenIDs.contains(result.ids.last ?? -1) ? Array(result.ids.dropLast()) : result.ids
-        let text = try tokenizer?.decode(shown) ?? ""
+        let text = try tokenizer?.decode(shown, skipUnknown: true) ?? ""
         if json {
             Console.json(["ids": result.ids, "text": text, "tokens_per_s": tokensPerSecond, "prompt_tokens": ids.count,
                           "prefill_s": ((firstToken ?? end) - start).seconds, "finish_reason": result.finish.rawValue])

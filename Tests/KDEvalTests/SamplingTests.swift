@@ -58,3 +58,17 @@ import KDCore
         #expect(throws: KDError("--temperature must be 0 (greedy) or positive")) { try Sampling(temperature: -1).validate() }
     }
 }
+
+@Suite struct SamplingDrawTests {
+    @Test func drawsStayInTheTopKAndFollowTheProbabilities() {
+        let logits: [Float] = [2.0, 1.0, 0.5, 3.0, -1.0, 1.0]
+        var rng = RandomGenerator(seed: 3)
+        var counts = [Int](repeating: 0, count: 6)
+        for _ in 0..<4000 {
+            counts[logits.withUnsafeBufferPointer { Sampling(temperature: 1, topK: 2).next($0.baseAddress!, count: 6, rng: &rng) }] += 1
+        }
+        #expect(counts[1] + counts[2] + counts[4] + counts[5] == 0)
+        let expected = exp(Float(3)) / (exp(Float(3)) + exp(Float(2)))
+        #expect(abs(Float(counts[3]) / 4000 - expected) < 0.03)
+    }
+}
