@@ -1,4 +1,5 @@
 import COpenBLAS
+import Foundation
 
 /// Thin, typed entry points to OpenBLAS. All matrices are row-major.
 public enum BLAS {
@@ -30,6 +31,17 @@ public enum BLAS {
         cblas_sgemv(
             CblasRowMajor, trans ? CblasTrans : CblasNoTrans, Int32(m), Int32(n), alpha, a, Int32(lda),
             x, 1, beta, y, 1)
+    }
+
+    /// The thin SVD of a row-major [m, n] matrix (overwritten): A = U·diag(S)·Vt with U [m, k],
+    /// S [k] descending, Vt [k, n], k = min(m, n), through LAPACK's divide-and-conquer sgesdd.
+    public static func svd(_ a: UnsafeMutablePointer<Float>, m: Int, n: Int) throws -> (u: [Float], s: [Float], vt: [Float]) {
+        let k = min(m, n)
+        var u = [Float](repeating: 0, count: m * k), s = [Float](repeating: 0, count: k), vt = [Float](repeating: 0, count: k * n)
+        let info = LAPACKE_sgesdd(LAPACK_ROW_MAJOR, Int8(UInt8(ascii: "S")), Int32(m), Int32(n), a, Int32(n), &s, &u, Int32(k),
+                                  &vt, Int32(n))
+        guard info == 0 else { throw KDError("SVD of a \(m)×\(n) matrix failed (LAPACK info \(info))") }
+        return (u, s, vt)
     }
 
     /// `x · Wᵀ` for activations x [rows, in] and a linear layer's weight W [out, in], into y [rows, out].

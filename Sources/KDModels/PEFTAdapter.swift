@@ -117,8 +117,9 @@ public enum PEFTAdapter {
 
     /// Fresh adapters on every targeted linear: A kaiming-uniform (a = √5, so U(±1/√in)) or
     /// N(0, 1/r) for gaussian, B zero; each linear's values come from its own seeded stream.
+    /// PiSSA takes A and B from the weight's principal singular directions instead.
     public static func attachFresh(to model: CausalLM, settings: LoRASettings, seed: UInt64) throws {
-        guard settings.initMethod != .pissa else { throw KDError("lora.init pissa is not supported yet") }
+        if settings.initMethod == .pissa { return try attachPiSSA(to: model, settings: settings) }
         for linear in model.linears where settings.targets(linear.name) {
             let a = try Tensor(uninitializedShape: [settings.r, linear.inFeatures], on: linear.device)
             var rng = RandomGenerator(seed: seed, stream: RandomGenerator.hash("lora_A"), RandomGenerator.hash(linear.name))
@@ -134,28 +135,112 @@ public enum PEFTAdapter {
         }
     }
 
-    /// Writes the model's adapters in the PEFT layout into `directory` (created if needed).
+    // MARK: PiSSA
+
+    /// PiSSA, as PEFT's init_lora_weights="pissa": with the thin SVD W = U·S·Vt and scale s,
+    /// A₀ = diag(√(S_r/s))·Vt_r and B₀ = U_r·diag(√(S_r/s)), so s·B₀·A₀ is W's best rank-r part;
+    /// the frozen weight becomes the residual W − s·B₀·A₀.
+    static func attachPiSSA(to model: CausalLM, settings: LoRASettings) throws {
+        for linear in model.linears where settings.targets(linear.name) {
+            let (out, inFeatures, r) = (linear.outFeatures, linear.inFeatures, settings.r)
+            guard r <= min(out, inFeatures) else {
+                throw KDError("lora.r \(r) exceeds the rank of \(linear.name) (\(out)×\(inFeatures)) for PiSSA")
+            }
+            let scratch = try linear.weight.clone()
+            let (u, s, vt) = try BLAS.svd(scratch.data, m: out, n: inFeatures)
+            let k = min(out, inFeatures)
+            let a = try Tensor(uninitializedShape: [r, inFeatures], on: linear.device)
+            let b = try Tensor(uninitializedShape: [out, r], on: linear.device)
+            for i in 0..<r {
+                let root = (s[i] / settings.scale).squareRoot()
+                for j in 0..<inFeatures { a.data[i * inFeatures + j] = root * vt[i * inFeatures + j] }
+                for o in 0..<out { b.data[o * r + i] = u[o * k + i] * root }
+            }
+            try attachPiSSA(linear, a: a, b: b, initialA: try a.clone(), initialB: try b.clone(), settings: settings)
+        }
+    }
+
+    /// Attaches a PiSSA adapter (current A, B and initial A₀, B₀) and makes the weight the residual.
+    static func attachPiSSA(_ linear: Linear, a: Tensor, b: Tensor, initialA: Tensor, initialB: Tensor,
+                            settings: LoRASettings) throws {
+        let residual = try linear.weight.clone()
+        BLAS.gemm(m: linear.outFeatures, n: linear.inFeatures, k: settings.r, alpha: -settings.scale, a: initialB.data,
+                  lda: settings.r, b: initialA.data, ldb: linear.inFeatures, beta: 1, c: residual.data, ldc: linear.inFeatures)
+        linear.replaceWeight(residual)
+        let adapter = LoRAAdapter(a: a, b: b, scale: settings.scale, dropout: Float(settings.dropout))
+        adapter.initial = (initialA, initialB)
+        linear.adapter = adapter
+    }
+
+    /// Reattaches a PiSSA run's adapters from a saved (converted) adapter: A' = [A; A₀] and
+    /// B' = [B, −B₀]; the weights are the loaded originals, so the residual is recomputed exactly.
+    public static func attachPiSSA(savedIn directory: String, to model: CausalLM, settings: LoRASettings) throws {
+        let file = try SafetensorsFile(path: (directory as NSString).appendingPathComponent(weightsName))
+        let r = settings.r
+        for linear in model.linears where settings.targets(linear.name) {
+            let (out, inFeatures) = (linear.outFeatures, linear.inFeatures)
+            let nameA = key(linear.name, "A"), nameB = key(linear.name, "B")
+            guard file.tensors[nameA]?.shape == [2 * r, inFeatures], file.tensors[nameB]?.shape == [out, 2 * r] else {
+                throw KDError("\(file.path): '\(nameA)' / '\(nameB)' are missing or are not a PiSSA adapter of rank \(r)")
+            }
+            let (savedA, savedB) = (try file.load(nameA, on: linear.device), try file.load(nameB, on: linear.device))
+            let a = try Tensor(Array(UnsafeBufferPointer(start: savedA.data, count: r * inFeatures)), shape: [r, inFeatures], on: linear.device)
+            let a0 = try Tensor(Array(UnsafeBufferPointer(start: savedA.data + r * inFeatures, count: r * inFeatures)),
+                                shape: [r, inFeatures], on: linear.device)
+            let b = try Tensor.zeros([out, r], on: linear.device), b0 = try Tensor.zeros([out, r], on: linear.device)
+            for o in 0..<out {
+                for i in 0..<r {
+                    b.data[o * r + i] = savedB.data[o * 2 * r + i]
+                    b0.data[o * r + i] = -savedB.data[o * 2 * r + r + i]
+                }
+            }
+            try attachPiSSA(linear, a: a, b: b, initialA: a0, initialB: b0, settings: settings)
+        }
+    }
+
+    // MARK: Saving
+
+    /// Writes the model's adapters in the PEFT layout into `directory` (created if needed). A
+    /// PiSSA adapter is written as the plain LoRA that gives the same model on the original
+    /// weights, as PEFT converts it: A' = [A; A₀], B' = [B, −B₀], rank and alpha doubled (alpha
+    /// times √2 with rank-stabilised scaling), so s' = s.
     public static func save(_ model: CausalLM, settings: LoRASettings, baseModel: String, to directory: String) throws {
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         let linears = model.linears.filter { $0.adapter != nil }
+        let converted = linears.contains { $0.adapter!.initial != nil }
+        let rank = converted ? 2 * settings.r : settings.r
         var entries: [SafetensorsWriter.Entry] = []
         for linear in linears {
-            entries.append(.init(name: key(linear.name, "A"), dtype: .f32, shape: linear.adapter!.a.shape))
-            entries.append(.init(name: key(linear.name, "B"), dtype: .f32, shape: linear.adapter!.b.shape))
+            entries.append(.init(name: key(linear.name, "A"), dtype: .f32, shape: [rank, linear.inFeatures]))
+            entries.append(.init(name: key(linear.name, "B"), dtype: .f32, shape: [linear.outFeatures, rank]))
         }
         let writer = try SafetensorsWriter(path: (directory as NSString).appendingPathComponent(weightsName), entries: entries)
         do {
             for linear in linears {
-                try writer.write(linear.adapter!.a)
-                try writer.write(linear.adapter!.b)
+                let adapter = linear.adapter!
+                try writer.write(adapter.a)
+                if let (a0, _) = adapter.initial { try writer.write(a0) }
+                if let (_, b0) = adapter.initial {
+                    var rows = [Float](repeating: 0, count: linear.outFeatures * rank)
+                    for o in 0..<linear.outFeatures {
+                        for i in 0..<settings.r {
+                            rows[o * rank + i] = adapter.b.data[o * settings.r + i]
+                            rows[o * rank + settings.r + i] = -b0.data[o * settings.r + i]
+                        }
+                    }
+                    try rows.withUnsafeBufferPointer { try writer.write($0.baseAddress!, count: rows.count) }
+                } else {
+                    try writer.write(adapter.b)
+                }
             }
             try writer.finish()
         } catch {
             writer.discard()
             throw error
         }
+        let alpha = converted ? (settings.useRSLoRA ? settings.alpha * 2.0.squareRoot() : 2 * settings.alpha) : settings.alpha
         let config: [String: Any] = [
-            "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": settings.r, "lora_alpha": settings.alpha,
+            "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": rank, "lora_alpha": alpha,
             "lora_dropout": settings.dropout, "target_modules": settings.targetModules, "use_rslora": settings.useRSLoRA,
             "bias": "none", "fan_in_fan_out": false, "init_lora_weights": true, "inference_mode": true,
             "base_model_name_or_path": baseModel, "modules_to_save": NSNull(), "use_dora": false,

@@ -125,7 +125,13 @@ public final class Trainer {
         let models = try RunModels.load(config, onLoad: onLoad)
         self.models = models
         let student = models.student
-        if let initFrom = config.lora.initFrom {
+        if config.lora.initMethod == .pissa && config.lora.initFrom != nil {
+            throw KDError("lora.init pissa and lora.init_from exclude each other")
+        }
+        if let resumeFrom, config.lora.initMethod == .pissa {
+            // PiSSA's frozen residual comes from the saved initial matrices, exactly as at the start.
+            try PEFTAdapter.attachPiSSA(savedIn: resumeFrom, to: student, settings: config.lora)
+        } else if let initFrom = config.lora.initFrom {
             let given = try PEFTAdapter.settings(directory: initFrom)
             for (key, mine, theirs) in [("r", "\(config.lora.r)", "\(given.r)"), ("alpha", "\(config.lora.alpha)", "\(given.alpha)"),
                                         ("target_modules", "\(config.lora.targetModules.sorted())", "\(given.targetModules.sorted())"),
@@ -318,7 +324,7 @@ public final class Trainer {
                 + "will not match an uninterrupted one")
         }
         let file = try SafetensorsFile(path: (directory as NSString).appendingPathComponent(PEFTAdapter.weightsName))
-        for (name, adapter) in adapters {
+        for (name, adapter) in adapters where adapter.initial == nil {
             for (matrix, target) in [("A", adapter.a), ("B", adapter.b)] {
                 let key = PEFTAdapter.key(name, matrix)
                 guard let info = file.tensors[key], info.shape == target.shape else {

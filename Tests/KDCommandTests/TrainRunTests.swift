@@ -28,14 +28,16 @@ import KDModels
         }
     }
 
-    @Test func resumedRunIsBitIdenticalToAnUninterruptedOne() throws {
+    @Test(arguments: ["default", "pissa"])
+    func resumedRunIsBitIdenticalToAnUninterruptedOne(initMethod: String) throws {
         let dir = KDProcess.temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        let straight = try KDProcess.run(Self.arguments(dir + "/straight", steps: 6))
+        let initialisation = ["--set", "lora.init=\(initMethod)"]
+        let straight = try KDProcess.run(Self.arguments(dir + "/straight", steps: 6, extra: initialisation))
         #expect(straight.status == 0, "\(straight.stderr)")
-        let first = try KDProcess.run(Self.arguments(dir + "/resumed", steps: 2))
+        let first = try KDProcess.run(Self.arguments(dir + "/resumed", steps: 2, extra: initialisation))
         #expect(first.status == 0, "\(first.stderr)")
-        let second = try KDProcess.run(Self.arguments(dir + "/resumed", steps: 6, extra: ["--resume"]))
+        let second = try KDProcess.run(Self.arguments(dir + "/resumed", steps: 6, extra: initialisation + ["--resume"]))
         #expect(second.status == 0, "\(second.stderr)")
         #expect(second.stderr.contains("resuming from \(dir)/resumed/checkpoint-2 at step 2"))
         for name in ["adapter_model.safetensors", "optimizer.safetensors"] {
@@ -48,10 +50,29 @@ import KDModels
         #expect(Self.stripTimes(straightMetrics) == Self.stripTimes(resumedMetrics))
         #expect(Self.stripTimes(straightMetrics).count == 6)
         // Dropout is on: a run with another seed differs.
-        let other = try KDProcess.run(Self.arguments(dir + "/other", steps: 2, extra: ["--set", "run.seed=8"]))
+        let other = try KDProcess.run(Self.arguments(dir + "/other", steps: 2, extra: initialisation + ["--set", "run.seed=8"]))
         #expect(other.status == 0)
         #expect(FileManager.default.contents(atPath: "\(dir)/other/checkpoint-2/adapter_model.safetensors")
             != FileManager.default.contents(atPath: "\(dir)/straight/checkpoint-2/adapter_model.safetensors"))
+    }
+
+    @Test func mergedFinalModelEqualsTheAdapter() throws {
+        let dir = KDProcess.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let run = try KDProcess.run(Self.arguments(dir + "/run", steps: 2, extra: ["--set", "checkpoint.save_merged=true"]))
+        #expect(run.status == 0, "\(run.stderr)")
+        let tokens = Self.fixture + "/tokens.jsonl"
+        let viaAdapter = try KDProcess.run(["forward", "--model", Self.fixture + "/student", "--adapter", dir + "/run/final_model",
+                                            "--tokens", tokens, "--output", dir + "/a.safetensors"])
+        let viaMerged = try KDProcess.run(["forward", "--model", dir + "/run/final_model/merged", "--tokens", tokens,
+                                           "--output", dir + "/b.safetensors"])
+        #expect(viaAdapter.status == 0 && viaMerged.status == 0, "\(viaAdapter.stderr) \(viaMerged.stderr)")
+        let device = Device(id: 0)
+        let a = try SafetensorsFile(path: dir + "/a.safetensors").load("logits", on: device)
+        let b = try SafetensorsFile(path: dir + "/b.safetensors").load("logits", on: device)
+        var worst: Float = 0
+        for i in 0..<a.count { worst = max(worst, abs(a.data[i] - b.data[i])) }
+        #expect(worst < 1e-4)
     }
 
     @Test func concurrentAndSequentialSchedulesGiveTheSameNumbers() throws {

@@ -5,7 +5,8 @@ import KDCore
 /// the adapter's gradients; W itself never trains.
 public final class Linear {
     public let name: String
-    public let weight: Tensor
+    /// The frozen weight [out, in]; PiSSA replaces it with the residual W − s·B₀·A₀.
+    public private(set) var weight: Tensor
     public var adapter: LoRAAdapter?
 
     public var inFeatures: Int { weight.shape[1] }
@@ -14,6 +15,11 @@ public final class Linear {
 
     public init(name: String, weight: Tensor) {
         self.name = name
+        self.weight = weight
+    }
+
+    public func replaceWeight(_ weight: Tensor) {
+        precondition(weight.shape == self.weight.shape)
         self.weight = weight
     }
 

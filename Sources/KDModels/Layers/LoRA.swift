@@ -10,6 +10,9 @@ public final class LoRAAdapter {
     public let dropout: Float
     public private(set) var gradA: Tensor?
     public private(set) var gradB: Tensor?
+    /// PiSSA's initial A₀ and B₀ (the base weight holds W − s·B₀·A₀); saved adapters are
+    /// converted to plain LoRA on the original W with them.
+    public var initial: (a: Tensor, b: Tensor)?
     /// The dropout stream of the current forward pass: masks are drawn from it in forward and
     /// drawn again, identically, in backward (so they need not be stored).
     public var dropoutStream: RandomGenerator?
