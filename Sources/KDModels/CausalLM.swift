@@ -106,23 +106,9 @@ public final class CausalLM {
         try checkTokens(batch)
         let context = ForwardContext(batch: batch, headDim: spec.headDim, ropeTheta: spec.ropeTheta)
         let hidden = spec.hiddenSize
-        var x = try firstDevice.run { [self] in
-            let x = try Tensor(uninitializedShape: [batch.tokenCount, hidden], on: firstDevice)
-            for (row, id) in batch.inputIDs.enumerated() {
-                (x.data + row * hidden).update(from: embedding.data + Int(id) * hidden, count: hidden)
-            }
-            return x
+        let input = try throughLayers(embed(batch.inputIDs.map(Int.init))) { layer, x in
+            try layer.forward(x, context: context, training: training)
         }
-        for stage in placement.stages where !stage.layers.isEmpty {
-            let device = group.devices[stage.deviceIndex]
-            x = try x.to(device)
-            let input = x
-            try device.run { [self] in
-                for layer in layers[stage.layers] { try layer.forward(input, context: context, training: training) }
-            }
-        }
-        x = try x.to(lastDevice)
-        let input = x
         let (normed, inverseRMS) = try lastDevice.run { [self] in
             let normed = try Tensor(uninitializedShape: input.shape, on: lastDevice)
             let inverseRMS = try Tensor(uninitializedShape: [batch.tokenCount], on: lastDevice)
@@ -132,6 +118,31 @@ public final class CausalLM {
         }
         trainingState = training ? (context, input, inverseRMS) : nil
         return normed
+    }
+
+    /// The embedding rows of `ids` [ids.count, hidden] on the first device.
+    func embed(_ ids: [Int]) throws -> Tensor {
+        let hidden = spec.hiddenSize
+        return try firstDevice.run { [self] in
+            let x = try Tensor(uninitializedShape: [ids.count, hidden], on: firstDevice)
+            for (row, id) in ids.enumerated() { (x.data + row * hidden).update(from: embedding.data + id * hidden, count: hidden) }
+            return x
+        }
+    }
+
+    /// Runs `layer(x)` for every decoder layer, stage by stage on each stage's device thread,
+    /// moving the activations across with `to()`; returns them on the last device.
+    func throughLayers(_ input: Tensor, _ layer: @escaping (DecoderLayer, Tensor) throws -> Void) throws -> Tensor {
+        var x = input
+        for stage in placement.stages where !stage.layers.isEmpty {
+            let device = group.devices[stage.deviceIndex]
+            x = try x.to(device)
+            let current = x
+            try device.run { [self] in
+                for index in stage.layers { try layer(layers[index], current) }
+            }
+        }
+        return try x.to(lastDevice)
     }
 
     /// Backward from d(final hidden states) [rows, hidden] on the last device through every

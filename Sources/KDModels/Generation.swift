@@ -57,24 +57,10 @@ extension CausalLM {
         }
         let (cos, sin) = ForwardContext.rotaryTables(positions: positions, headDim: spec.headDim, theta: spec.ropeTheta)
         let step = DecodeStep(spans: spans, cos: cos, sin: sin)
-        var x = try firstDevice.run { [self] in
-            let x = try Tensor(uninitializedShape: [tokens.count, hidden], on: firstDevice)
-            for (i, id) in tokens.enumerated() { (x.data + i * hidden).update(from: embedding.data + id * hidden, count: hidden) }
-            return x
-        }
-        for stage in placement.stages where !stage.layers.isEmpty {
-            let device = group.devices[stage.deviceIndex]
-            x = try x.to(device)
-            let input = x
-            try device.run { [self] in
-                for index in stage.layers {
-                    try layers[index].extend(input, step: step, keys: cache.keys[index], values: cache.values[index])
-                }
-            }
+        let final = try throughLayers(embed(tokens)) { layer, x in
+            try layer.extend(x, step: step, keys: cache.keys[layer.index], values: cache.values[layer.index])
         }
         for span in spans { cache.advance(row: span.row, by: span.count) }
-        x = try x.to(lastDevice)
-        let final = x
         return try lastDevice.run { [self] in
             let last = try Tensor(uninitializedShape: [spans.count, hidden], on: lastDevice)
             for (i, span) in spans.enumerated() {
