@@ -52,7 +52,9 @@ public struct Sandbox: Sendable {
         let attempts: [(wrapper: [String], isolation: String, drops: Bool)] = isRoot
             ? [(unshare + ["/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--"],
                 "no network, own pid namespace, uid 65534", true),
-               (unshare + ["--"], "no network, own pid namespace", false)]
+               (unshare + ["--"], "no network, own pid namespace", false),
+               // Without namespaces, an unprivileged uid at least makes the process limit apply.
+               (["/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--"], "uid 65534", true)]
             : [(["/usr/bin/unshare", "--user", "--map-root-user", "--net", "--pid", "--fork", "--kill-child", "--"],
                 "no network, own pid namespace (user namespace)", false)]
         for attempt in attempts where fm.isExecutableFile(atPath: attempt.wrapper[0]) {
