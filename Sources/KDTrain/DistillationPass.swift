@@ -200,8 +200,7 @@ public struct DistillationPass {
                 if let dHidden {
                     // d(hidden rows) = d(logits)·W_head, scattered back to their positions.
                     let dRows = try Tensor(uninitializedShape: [range.count, hiddenSize], on: studentDevice)
-                    BLAS.gemm(m: range.count, n: hiddenSize, k: studentVocab, a: logits.data, lda: studentVocab,
-                              b: student.lmHead.data, ldb: hiddenSize, c: dRows.data, ldc: hiddenSize)
+                    student.projectBackward(logits.data, rows: range.count, into: dRows.data)
                     for (i, row) in rows[range].enumerated() {
                         Kernels.add(dRows.data + i * hiddenSize, into: dHidden.data + row * hiddenSize, count: hiddenSize)
                     }
