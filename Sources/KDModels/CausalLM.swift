@@ -49,10 +49,12 @@ public final class CausalLM {
                 }
                 if stage.holdsHead {
                     finalNorm = try checkpoint.load("model.norm.weight", on: device)
-                    let weight = spec.tieWordEmbeddings
-                        ? try embedding ?? checkpoint.load("model.embed_tokens.weight", on: device)
-                        : try checkpoint.load("lm_head.weight", on: device)
+                    // A tied head placed apart from the embedding reads its own copy onto this device.
+                    let weight = spec.tieWordEmbeddings && stage.holdsEmbedding
+                        ? embedding! : try checkpoint.load(spec.tieWordEmbeddings ? "model.embed_tokens.weight" : "lm_head.weight",
+                                                           on: device)
                     head = try transpose(weight)
+                    weight.storage.dropMappedPages()
                     // Tied on one device: token rows come from the transposed copy; one copy is kept.
                     if spec.tieWordEmbeddings && stage.holdsEmbedding { embedding = nil }
                 }

@@ -27,7 +27,7 @@ import KDModels
         #expect(error < 1e-4)
     }
 
-    @Test(arguments: ["dense-mqa-headdim-sharded", "moe-8x2"])
+    @Test(arguments: ["dense-tied-gqa", "dense-mqa-headdim-sharded", "moe-8x2"])
     func placementDoesNotChangeLogits(model: String) throws {
         let checkpoint = try Checkpoint(directory: Fixtures.path("forward", model))
         let batch = TokenBatch(rows: try Fixtures.tokenRows(model))
