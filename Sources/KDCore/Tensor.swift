@@ -31,16 +31,6 @@ public final class Storage: @unchecked Sendable {
         self.backing = .external(owner: owner, bytes: bytes)
     }
 
-    /// Tells the system a memory-mapped tensor's pages are no longer needed (they were copied,
-    /// e.g. transposed), so they stop counting in the resident set; a no-op for pooled memory.
-    public func dropMappedPages() {
-        guard case .external(_, let bytes) = backing else { return }
-        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
-        let start = Int(bitPattern: pointer) / page * page
-        let end = Int(bitPattern: pointer) + bytes
-        madvise(UnsafeMutableRawPointer(bitPattern: start), end - start, MADV_DONTNEED)
-    }
-
     deinit {
         switch backing {
         case .pooled(let sizeClass): device.release(UnsafeMutableRawPointer(pointer), sizeClass: sizeClass)

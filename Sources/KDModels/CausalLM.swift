@@ -42,42 +42,23 @@ public final class CausalLM {
         var head: Tensor?
         for stage in placement.stages {
             let device = group.devices[stage.deviceIndex]
+            // Tied on one device: token rows are read from the transposed head; one copy is kept.
+            let tiedHere = spec.tieWordEmbeddings && stage.holdsEmbedding && stage.holdsHead
             try device.run {
-                if stage.holdsEmbedding { embedding = try checkpoint.load("model.embed_tokens.weight", on: device) }
+                if stage.holdsEmbedding && !tiedHere { embedding = try checkpoint.load("model.embed_tokens.weight", on: device) }
                 for index in stage.layers {
                     layers.append(try loadLayer(index, from: checkpoint, spec: spec, on: device))
                 }
                 if stage.holdsHead {
                     finalNorm = try checkpoint.load("model.norm.weight", on: device)
                     // A tied head placed apart from the embedding reads its own copy onto this device.
-                    let weight = spec.tieWordEmbeddings && stage.holdsEmbedding
-                        ? embedding! : try checkpoint.load(spec.tieWordEmbeddings ? "model.embed_tokens.weight" : "lm_head.weight",
-                                                           on: device)
-                    head = try transpose(weight)
-                    weight.storage.dropMappedPages()
-                    // Tied on one device: token rows come from the transposed copy; one copy is kept.
-                    if spec.tieWordEmbeddings && stage.holdsEmbedding { embedding = nil }
+                    head = try checkpoint.loadTransposed(
+                        spec.tieWordEmbeddings ? "model.embed_tokens.weight" : "lm_head.weight", on: device)
                 }
             }
         }
         return CausalLM(spec: spec, group: group, placement: placement, embedding: embedding, layers: layers,
                         finalNorm: finalNorm!, lmHeadTransposed: head!)
-    }
-
-    /// [rows, cols] → a new [cols, rows] on the same device, in cache-sized tiles.
-    static func transpose(_ matrix: Tensor) throws -> Tensor {
-        let (rows, cols) = (matrix.shape[0], matrix.shape[1])
-        let out = try Tensor(uninitializedShape: [cols, rows], on: matrix.device)
-        let tile = 64
-        DispatchQueue.concurrentPerform(iterations: (rows + tile - 1) / tile) { block in
-            let r0 = block * tile
-            for c0 in stride(from: 0, to: cols, by: tile) {
-                for r in r0..<min(rows, r0 + tile) {
-                    for c in c0..<min(cols, c0 + tile) { out.data[c * rows + r] = matrix.data[r * cols + c] }
-                }
-            }
-        }
-        return out
     }
 
     static func loadLayer(_ index: Int, from checkpoint: Checkpoint, spec: ModelSpec, on device: Device) throws -> DecoderLayer {

@@ -99,6 +99,12 @@ public final class Checkpoint {
         return try file.load(name, on: device)
     }
 
+    /// A matrix loaded transposed, [cols, rows] (see `SafetensorsFile.loadTransposed`).
+    public func loadTransposed(_ name: String, on device: Device) throws -> Tensor {
+        guard let (file, _) = tensors[name] else { throw KDError("\(directory): missing tensor '\(name)'") }
+        return try file.loadTransposed(name, on: device)
+    }
+
     /// The dtypes of the weights with how many tensors have each.
     public var dtypeCounts: [String: Int] {
         tensors.values.reduce(into: [:]) { $0[$1.info.dtype.rawValue, default: 0] += 1 }

@@ -147,6 +147,20 @@ public final class SafetensorsFile: @unchecked Sendable {
         }
     }
 
+    /// Loads a floating-point matrix [rows, cols] onto `device` as f32 [cols, rows], widening and
+    /// transposing in one pass, so no untransposed f32 copy is ever held.
+    public func loadTransposed(_ name: String, on device: Device) throws -> Tensor {
+        guard let info = tensors[name], info.shape.count == 2, info.dtype.isFloatingPoint else {
+            throw KDError("\(path): no floating-point matrix '\(name)'")
+        }
+        let (rows, cols) = (info.shape[0], info.shape[1])
+        let tensor = try Tensor(uninitializedShape: [cols, rows], on: device)
+        Conversion.transpose(UnsafeRawPointer(file.base + info.byteRange.lowerBound), dtype: info.dtype, rows: rows, cols: cols,
+                             into: tensor.data)
+        file.release(info.byteRange)
+        return tensor
+    }
+
     /// The raw bytes of a tensor of any dtype (for integer tensors such as an attention mask).
     public func bytes(_ name: String) throws -> Data {
         guard let info = tensors[name] else { throw KDError("\(path): no tensor '\(name)'") }
@@ -169,6 +183,34 @@ public enum Conversion {
         let halves = source.assumingMemoryBound(to: UInt16.self)
         inParallelChunks(count) { range in
             for i in range { out[i] = Float(Float16(bitPattern: UInt16(littleEndian: halves[i]))) }
+        }
+    }
+
+    /// Writes the transpose of a row-major [rows, cols] F32, BF16 or F16 matrix into `out` as f32
+    /// [cols, rows]: tiles are widened row by row into a small buffer, then written out column by
+    /// column, on all cores.
+    static func transpose(_ source: UnsafeRawPointer, dtype: DType, rows: Int, cols: Int, into out: UnsafeMutablePointer<Float>) {
+        let tile = 64
+        DispatchQueue.concurrentPerform(iterations: (rows + tile - 1) / tile) { block in
+            let buffer = UnsafeMutablePointer<Float>.allocate(capacity: tile * tile)
+            defer { buffer.deallocate() }
+            let r0 = block * tile, height = min(tile, rows - r0)
+            for c0 in stride(from: 0, to: cols, by: tile) {
+                let width = min(tile, cols - c0)
+                for i in 0..<height {
+                    let first = (r0 + i) * cols + c0
+                    let row = buffer + i * tile
+                    switch dtype {
+                    case .bf16: widenBF16(source + first * 2, into: row, count: width)
+                    case .f16: widenF16(source + first * 2, into: row, count: width)
+                    default: UnsafeMutableRawPointer(row).copyMemory(from: source + first * 4, byteCount: width * 4)
+                    }
+                }
+                for c in 0..<width {
+                    let column = out + (c0 + c) * rows + r0
+                    for i in 0..<height { column[i] = buffer[i * tile + c] }
+                }
+            }
         }
     }
 

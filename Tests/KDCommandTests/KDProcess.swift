@@ -31,19 +31,22 @@ struct KDProcess {
         if let stdin { input.fileHandleForWriting.write(Data(stdin.utf8)) }
         try input.fileHandleForWriting.close()
         // Read both pipes to the end before waiting, so a large output cannot block the child.
-        var stdoutData = Data(), stderrData = Data()
+        let stderrData = Collected()
         let group = DispatchGroup()
         group.enter()
         DispatchQueue.global().async {
-            stderrData = err.fileHandleForReading.readDataToEndOfFile()
+            stderrData.bytes = err.fileHandleForReading.readDataToEndOfFile()
             group.leave()
         }
-        stdoutData = out.fileHandleForReading.readDataToEndOfFile()
+        let stdoutData = out.fileHandleForReading.readDataToEndOfFile()
         group.wait()
         process.waitUntilExit()
         return Result(status: process.terminationStatus, stdout: String(decoding: stdoutData, as: UTF8.self),
-                      stderr: String(decoding: stderrData, as: UTF8.self))
+                      stderr: String(decoding: stderrData.bytes, as: UTF8.self))
     }
+
+    /// Bytes one thread reads while another waits on a DispatchGroup (which orders the accesses).
+    private final class Collected: @unchecked Sendable { var bytes = Data() }
 
     static func temporaryDirectory() -> String {
         let path = (NSTemporaryDirectory() as NSString).appendingPathComponent("kd-cli-\(UUID().uuidString)")
