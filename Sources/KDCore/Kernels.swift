@@ -11,7 +11,7 @@ public enum Kernels {
     /// |r| ≤ ln2/2, and 2^n assembled in the exponent bits. Relative error ≤ 2 ulp; inputs below
     /// -87.3 give 0 and above 88.7 give +inf, as expf does. (Foundation's exp on vectors runs
     /// lane by lane, about 35× slower.)
-    @inlinable @inline(__always)
+    @inlinable @inline(always)
     public static func exp(_ x: Vec) -> Vec {
         // Clamped with masks: the generic pointwiseMin/Max are not inlined.
         var clamped = x
@@ -21,17 +21,17 @@ public enum Kernels {
         // mantissa bits: the rounding and the float→int conversion in one add (Swift's generic
         // SIMD conversions run lane by lane).
         let magic = Vec(repeating: 12_582_912)
-        let shifted = clamped * 1.442695041 + magic
+        let shifted = magic.addingProduct(clamped, Vec(repeating: 1.442695041))
         let n = shifted - magic
-        var r = clamped - n * 0.693145751953125
-        r = r - n * 1.428606765330187e-06
-        var p = Vec(repeating: 1.9875691500e-4)
-        p = p * r + 1.3981999507e-3
-        p = p * r + 8.3334519073e-3
-        p = p * r + 4.1665795894e-2
-        p = p * r + 1.6666665459e-1
-        p = p * r + 5.0000001201e-1
-        p = (p * r) * r + r + 1
+        // r = x − n·ln 2 in two parts, then e^r by a degree-7 polynomial; fused multiply-adds throughout.
+        var r = clamped.addingProduct(n, Vec(repeating: -0.693145751953125))
+        r = r.addingProduct(n, Vec(repeating: -1.428606765330187e-06))
+        var p = Vec(repeating: 1.3981999507e-3).addingProduct(Vec(repeating: 1.9875691500e-4), r)
+        p = Vec(repeating: 8.3334519073e-3).addingProduct(p, r)
+        p = Vec(repeating: 4.1665795894e-2).addingProduct(p, r)
+        p = Vec(repeating: 1.6666665459e-1).addingProduct(p, r)
+        p = Vec(repeating: 5.0000001201e-1).addingProduct(p, r)
+        p = (r + 1).addingProduct(p * r, r)
         let integer = unsafeBitCast(shifted, to: SIMD8<Int32>.self) &- 0x4B40_0000
         let scale = unsafeBitCast((integer &+ 127) &<< 23, to: Vec.self)
         var result = p * scale
@@ -40,8 +40,16 @@ public enum Kernels {
         return result
     }
 
-    @inlinable @inline(__always)
+    @inlinable @inline(always)
     public static func exp(_ x: Float) -> Float { exp(Vec(repeating: x))[0] }
+
+    /// x^n for a small whole n ≥ 1, by repeated multiplication.
+    @inlinable @inline(always)
+    public static func power(_ x: Vec, _ n: Int) -> Vec {
+        var result = x
+        for _ in 1..<n { result *= x }
+        return result
+    }
 
     // MARK: Reductions
 
@@ -60,6 +68,17 @@ public enum Kernels {
             i += 1
         }
         return result
+    }
+
+    /// The largest value and the first index holding it (NaN-free input).
+    @inlinable
+    public static func maxAndFirstIndex(_ x: UnsafePointer<Float>, count: Int) -> (Float, Int) {
+        let best = max(x, count: count)
+        var i = 0
+        let target = Vec(repeating: best)
+        while i + 8 <= count && !any(load(x + i) .== target) { i += 8 }
+        while i < count && x[i] != best { i += 1 }
+        return (best, i < count ? i : 0)
     }
 
     @inlinable
@@ -141,12 +160,12 @@ public enum Kernels {
         }
     }
 
-    @inlinable @inline(__always)
+    @inlinable @inline(always)
     public static func store(_ v: Vec, _ p: UnsafeMutablePointer<Float>) {
         UnsafeMutableRawPointer(p).storeBytes(of: v, as: Vec.self)
     }
 
-    @inlinable @inline(__always)
+    @inlinable @inline(always)
     public static func load(_ p: UnsafePointer<Float>) -> Vec {
         UnsafeRawPointer(p).loadUnaligned(as: Vec.self)
     }

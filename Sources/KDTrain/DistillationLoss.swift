@@ -80,13 +80,16 @@ public enum DistillationLoss {
                     settings: Settings, gradient: Bool) -> Totals {
         let n = settings.vocab
         let inverseT = 1 / settings.temperature
+        // wholeT: T when it is a whole number from 1 to 4 (the usual values), else 0. Then
+        // e^c = (e^b)^T: the sums pass keeps e^b in the student buffer and the gradient pass
+        // needs no exponential.
+        let wholeT = settings.temperature == settings.temperature.rounded() && (1...4).contains(settings.temperature)
+            ? Int(settings.temperature) : 0
+        let keepStudentExp = gradient && wholeT > 0
         // Pass 1: maxima and top-1 of both.
-        var teacherMax = -Float.infinity, studentMax = -Float.infinity
-        var teacherTop = 0, studentTop = 0
-        for v in 0..<n {
-            if t[v] > teacherMax { teacherMax = t[v]; teacherTop = v }
-            if s[v] > studentMax { studentMax = s[v]; studentTop = v }
-        }
+        let (teacherMax, teacherTop) = Kernels.maxAndFirstIndex(t, count: n)
+        let (studentMax, studentTop) = Kernels.maxAndFirstIndex(s, count: n)
+        let labelLogit = s[label]
         // Pass 2: Σe^a, Σe^b, Σe^c (c = s − max s, for CE at T = 1) and Σe^a·(a − b).
         let tm = Vec(repeating: teacherMax), sm = Vec(repeating: studentMax), invT = Vec(repeating: inverseT)
         var sumA = Vec.zero, sumB = Vec.zero, sumC = Vec.zero, weighted = Vec.zero
@@ -95,12 +98,13 @@ public enum DistillationLoss {
             let a = (Kernels.load(t + v) - tm) * invT
             let c = Kernels.load(s + v) - sm
             let b = c * invT
-            let ea = Kernels.exp(a)
+            let ea = Kernels.exp(a), eb = Kernels.exp(b)
             if gradient { Kernels.store(ea, t + v) }  // kept for the gradient pass
+            if keepStudentExp { Kernels.store(eb, s + v) }
             sumA += ea
-            sumB += Kernels.exp(b)
-            sumC += Kernels.exp(c)
-            weighted += ea * (a - b)
+            sumB += eb
+            sumC += wholeT > 0 ? Kernels.power(eb, wholeT) : Kernels.exp(c)
+            weighted.addProduct(ea, a - b)
             v += 8
         }
         var sA = sumA.sum(), sB = sumB.sum(), sC = sumC.sum(), w = weighted.sum()
@@ -108,35 +112,45 @@ public enum DistillationLoss {
             let a = (t[v] - teacherMax) * inverseT
             let c = s[v] - studentMax
             let b = c * inverseT
-            let ea = Kernels.exp(a)
+            let ea = Kernels.exp(a), eb = Kernels.exp(b)
             if gradient { t[v] = ea }
+            if keepStudentExp { s[v] = eb }
             sA += ea
-            sB += Kernels.exp(b)
-            sC += Kernels.exp(c)
+            sB += eb
+            sC += wholeT > 0 ? Kernels.power(Vec(repeating: eb), wholeT)[0] : Kernels.exp(c)
             w += ea * (a - b)
             v += 1
         }
         let logSA = Foundation.log(sA), logSB = Foundation.log(sB), logSC = Foundation.log(sC)
         let kl = w / sA - logSA + logSB
-        let ce = logSC - (s[label] - studentMax)
+        let ce = logSC - (labelLogit - studentMax)
         if gradient {
-            // Pass 3: the gradient, in place over the student logits.
+            // Pass 3: the gradient, in place over the student buffer.
             let g = settings.gradientScale
             let klWeight = Vec(repeating: settings.alpha * settings.temperature * g)
             let ceWeight = Vec(repeating: (1 - settings.alpha) * g)
             let invA = Vec(repeating: 1 / sA), invB = Vec(repeating: 1 / sB), invC = Vec(repeating: 1 / sC)
+            // Gradient lanes from the student buffer's lanes (e^b, or the logits) and e^a.
+            func gradientLanes(_ student: Vec, _ teacherExp: Vec) -> Vec {
+                let eb: Vec, ec: Vec
+                if wholeT > 0 {
+                    (eb, ec) = (student, Kernels.power(student, wholeT))
+                } else {
+                    let c = student - sm
+                    (eb, ec) = (Kernels.exp(c * invT), Kernels.exp(c))
+                }
+                return klWeight * (eb * invB - teacherExp * invA) + ceWeight * (ec * invC)
+            }
             v = 0
             while v + 8 <= n {
-                let c = Kernels.load(s + v) - sm
-                let q = Kernels.exp(c * invT) * invB, p = Kernels.load(t + v) * invA, softmax = Kernels.exp(c) * invC
-                Kernels.store(klWeight * (q - p) + ceWeight * softmax, s + v)
+                Kernels.store(gradientLanes(Kernels.load(s + v), Kernels.load(t + v)), s + v)
                 v += 8
             }
-            while v < n {
-                let c = s[v] - studentMax
-                let q = Kernels.exp(c * inverseT) / sB, p = t[v] / sA, softmax = Kernels.exp(c) / sC
-                s[v] = klWeight[0] * (q - p) + ceWeight[0] * softmax
-                v += 1
+            if v < n {
+                var student = Vec.zero, teacherExp = Vec.zero
+                for i in v..<n { (student[i - v], teacherExp[i - v]) = (s[i], t[i]) }
+                let lanes = gradientLanes(student, teacherExp)
+                for i in v..<n { s[i] = lanes[i - v] }
             }
             s[label] -= (1 - settings.alpha) * g
             // Logits beyond the shared vocabulary (embedding padding rows) get no gradient.

@@ -1,6 +1,10 @@
 import Foundation
 import KDCore
 import KDText
+import Synchronization
+
+/// Tokenizers read in this process, by directory (see `RunConfig.loadTokenizer`).
+private let loadedTokenizers = Mutex<[String: Tokenizer]>([:])
 
 extension RunConfig {
     /// The dataset options of the `data` section.
@@ -12,13 +16,18 @@ extension RunConfig {
     /// The directory the tokenizer is read from: `data.tokenizer`, else the student's.
     public var tokenizerDirectory: String { data.tokenizer ?? student.path }
 
-    /// The tokenizer, or nil when the data is pre-tokenized and no tokenizer.json is at hand.
+    /// The tokenizer, or nil when the data is pre-tokenized and no tokenizer.json is at hand. It is
+    /// read once per process: a run's setup asks for it in several places (each data file, the
+    /// vocabulary check) and reading the Qwen3 tokenizer takes about half a second.
     public func loadTokenizer(required: Bool) throws -> Tokenizer? {
         let directory = tokenizerDirectory
         let file = (directory as NSString).appendingPathComponent("tokenizer.json")
         if !required && !FileManager.default.fileExists(atPath: file) { return nil }
         guard !directory.isEmpty else { throw KDError("data.tokenizer (or student.path) is required for text data") }
-        return try Tokenizer.load(directory: directory)
+        if let loaded = loadedTokenizers.withLock({ $0[directory] }) { return loaded }
+        let tokenizer = try Tokenizer.load(directory: directory)
+        loadedTokenizers.withLock { $0[directory] = tokenizer }
+        return tokenizer
     }
 
     /// Loads one of the data files with the run's options.
