@@ -117,9 +117,23 @@ public struct Comparison {
 
     /// A readable table of a section: one line per sample and the summary.
     public static func table(_ section: Section) -> String {
+        // Pads or cuts (with …) to `width` terminal columns, so wide characters keep the columns aligned.
         func clip(_ text: String, _ width: Int) -> String {
-            let flat = text.replacingOccurrences(of: "\n", with: "⏎")
-            return flat.count <= width ? flat + String(repeating: " ", count: width - flat.count) : String(flat.prefix(width - 1)) + "…"
+            let flat = String(text.map { character -> Character in
+                if character.isNewline { return "⏎" }
+                if character == "\t" { return "⇥" }
+                return character.unicodeScalars.first?.properties.generalCategory == .control ? "�" : character
+            })
+            let total = flat.reduce(0) { $0 + columns($1) }
+            if total <= width { return flat + String(repeating: " ", count: width - total) }
+            var kept = "", used = 0
+            for character in flat {
+                let next = columns(character)
+                if used + next > width - 1 { break }
+                kept.append(character)
+                used += next
+            }
+            return kept + "…" + String(repeating: " ", count: width - 1 - used)
         }
         var lines = ["temperature \(section.temperature)",
                      "  #    same  len base→kd   base response                  kd response"]
@@ -137,6 +151,24 @@ public struct Comparison {
         }
         lines.append(summary)
         return lines.joined(separator: "\n")
+    }
+}
+
+extension Comparison {
+    /// Terminal columns of a character: 2 for East Asian wide and fullwidth characters and emoji,
+    /// 0 for control and zero-width format characters, else 1 (combining marks ride on their base).
+    static func columns(_ character: Character) -> Int {
+        guard let scalar = character.unicodeScalars.first else { return 0 }
+        let properties = scalar.properties
+        if properties.generalCategory == .control || properties.generalCategory == .format { return 0 }
+        if properties.isEmojiPresentation { return 2 }
+        switch scalar.value {
+        case 0x1100...0x115F, 0x2E80...0x303E, 0x3041...0x33FF, 0x3400...0x4DBF, 0x4E00...0x9FFF, 0xA000...0xA4CF,
+             0xAC00...0xD7A3, 0xF900...0xFAFF, 0xFE30...0xFE4F, 0xFF00...0xFF60, 0xFFE0...0xFFE6, 0x20000...0x3FFFD:
+            return 2
+        default:
+            return 1
+        }
     }
 }
 
