@@ -14,10 +14,7 @@ public enum Merge {
         for name in adapters.keys.sorted() where base.tensors[name + ".weight"] == nil {
             throw KDError("\(base.directory): the adapter has '\(name)' but the model has no tensor '\(name).weight'")
         }
-        let staging = output + ".tmp-\(getpid())"
-        try? fm.removeItem(atPath: staging)
-        try fm.createDirectory(atPath: staging, withIntermediateDirectories: true)
-        do {
+        try writeDirectoryAtomically(output) { staging in
             // Everything but the weights is copied: config, generation config, tokenizer files.
             for name in try fm.contentsOfDirectory(atPath: base.directory).sorted()
             where !name.hasSuffix(".safetensors") && name != Checkpoint.indexName && !name.hasPrefix(".") {
@@ -57,11 +54,6 @@ public enum Merge {
             if fm.fileExists(atPath: index) {
                 try fm.copyItem(atPath: index, toPath: (staging as NSString).appendingPathComponent(Checkpoint.indexName))
             }
-            if fm.fileExists(atPath: output) { try fm.removeItem(atPath: output) }
-            try fm.moveItem(atPath: staging, toPath: output)
-        } catch {
-            try? fm.removeItem(atPath: staging)
-            throw error
         }
     }
 }

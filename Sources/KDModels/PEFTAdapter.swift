@@ -250,28 +250,6 @@ public enum PEFTAdapter {
     }
 }
 
-/// Writes JSON (sorted keys, pretty) to `path` via a temporary file and a rename, flushed to disk.
-public func writeJSON(_ object: Any, to path: String) throws {
-    let data = try JSONSerialization.data(withJSONObject: object, options: [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes])
-    try writeDurably(data, to: path)
-}
-
-/// Writes `data` beside `path`, fsyncs it and renames it into place.
-public func writeDurably(_ data: Data, to path: String) throws {
-    let temporary = path + ".tmp-\(getpid())"
-    guard FileManager.default.createFile(atPath: temporary, contents: data) else {
-        throw KDError("\(path): cannot write")
-    }
-    let fd = open(temporary, O_RDONLY)
-    if fd >= 0 {
-        fsync(fd)
-        close(fd)
-    }
-    if rename(temporary, path) != 0 {
-        throw KDError("\(path): cannot rename into place (\(String(cString: strerror(errno))))")
-    }
-}
-
 extension CausalLM {
     /// Runs `body` with every adapter detached (the base model), then puts them back.
     public func withAdaptersDetached<T>(_ body: () throws -> T) rethrows -> T {

@@ -36,10 +36,7 @@ public enum RandomCheckpoint {
         let configData = try JSONSerialization.data(withJSONObject: config, options: [.prettyPrinted, .sortedKeys])
         let spec = try ModelConfigurations.decode(configData, file: "config.json")
 
-        let staging = directory + ".tmp-\(getpid())"
-        try? fm.removeItem(atPath: staging)
-        try fm.createDirectory(atPath: staging, withIntermediateDirectories: true)
-        do {
+        try writeDirectoryAtomically(directory) { staging in
             try configData.write(to: URL(fileURLWithPath: (staging as NSString).appendingPathComponent("config.json")))
             if !configOnly {
                 let std = Float((config["initializer_range"] as? Double) ?? 0.02)
@@ -49,11 +46,6 @@ public enum RandomCheckpoint {
             for file in extraFiles {
                 try fm.copyItem(atPath: file, toPath: (staging as NSString).appendingPathComponent((file as NSString).lastPathComponent))
             }
-            if fm.fileExists(atPath: directory) { try fm.removeItem(atPath: directory) }
-            try fm.moveItem(atPath: staging, toPath: directory)
-        } catch {
-            try? fm.removeItem(atPath: staging)
-            throw error
         }
         return spec
     }

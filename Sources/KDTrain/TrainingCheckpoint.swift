@@ -58,10 +58,7 @@ public enum TrainingCheckpoint {
     ) throws -> String {
         let fm = FileManager.default
         let final = (outputDir as NSString).appendingPathComponent("checkpoint-\(step)")
-        let staging = final + ".tmp-\(getpid())"
-        try? fm.removeItem(atPath: staging)
-        try fm.createDirectory(atPath: staging, withIntermediateDirectories: true)
-        do {
+        try writeDirectoryAtomically(final, durable: true) { staging in
             try PEFTAdapter.save(model, settings: settings, baseModel: baseModel, to: staging)
             let writer = try SafetensorsWriter(
                 path: (staging as NSString).appendingPathComponent(optimizerName),
@@ -77,15 +74,6 @@ public enum TrainingCheckpoint {
             let encoder = JSONEncoder()
             encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
             try writeDurably(try encoder.encode(state), to: (staging as NSString).appendingPathComponent(stateName))
-            syncDirectory(staging)
-            if fm.fileExists(atPath: final) { try fm.removeItem(atPath: final) }
-            guard rename(staging, final) == 0 else {
-                throw KDError("\(final): cannot rename the checkpoint into place (\(String(cString: strerror(errno))))")
-            }
-            syncDirectory(outputDir)
-        } catch {
-            try? fm.removeItem(atPath: staging)
-            throw error
         }
         for old in complete(in: outputDir).dropLast(keepLast) { try? fm.removeItem(atPath: old.path) }
         return final
@@ -118,13 +106,5 @@ public enum TrainingCheckpoint {
             }
         }
         optimizer.stepCount = step
-    }
-
-    static func syncDirectory(_ path: String) {
-        let fd = open(path, O_RDONLY)
-        if fd >= 0 {
-            fsync(fd)
-            close(fd)
-        }
     }
 }

@@ -124,18 +124,15 @@ public final class TrainingRun {
     public func writeFinalModel() throws {
         let config = trainer.config
         let final = (outputDir as NSString).appendingPathComponent("final_model")
-        let staging = final + ".tmp-\(getpid())"
-        let fm = FileManager.default
-        try? fm.removeItem(atPath: staging)
-        try PEFTAdapter.save(trainer.student, settings: config.lora, baseModel: config.student.path, to: staging)
-        if config.checkpoint.saveMerged {
-            var adapters: [String: (a: Tensor, b: Tensor)] = [:]
-            for linear in trainer.student.linears { if let adapter = linear.adapter { adapters[linear.name] = (adapter.a, adapter.b) } }
-            try Merge.write(base: try Checkpoint(directory: config.student.path), adapters: adapters, scale: config.lora.scale,
-                            to: (staging as NSString).appendingPathComponent("merged"))
+        try writeDirectoryAtomically(final) { staging in
+            try PEFTAdapter.save(trainer.student, settings: config.lora, baseModel: config.student.path, to: staging)
+            if config.checkpoint.saveMerged {
+                var adapters: [String: (a: Tensor, b: Tensor)] = [:]
+                for linear in trainer.student.linears { if let adapter = linear.adapter { adapters[linear.name] = (adapter.a, adapter.b) } }
+                try Merge.write(base: try Checkpoint(directory: config.student.path), adapters: adapters, scale: config.lora.scale,
+                                to: (staging as NSString).appendingPathComponent("merged"))
+            }
         }
-        if fm.fileExists(atPath: final) { try fm.removeItem(atPath: final) }
-        try fm.moveItem(atPath: staging, toPath: final)
     }
 
     private func openForAppending(_ path: String) throws -> FileHandle {
