@@ -131,15 +131,11 @@ public final class SafetensorsFile: @unchecked Sendable {
                 return Tensor(storage: storage, shape: info.shape)
             }
             let tensor = try Tensor(uninitializedShape: info.shape, on: device)
-            UnsafeMutableRawPointer(tensor.data).copyMemory(from: source, byteCount: info.count * 4)
+            Conversion.widen(source, dtype: .f32, into: tensor.data, count: info.count)
             return tensor
         case .bf16, .f16:
             let tensor = try Tensor(uninitializedShape: info.shape, on: device)
-            if info.dtype == .bf16 {
-                Conversion.widenBF16(source, into: tensor.data, count: info.count)
-            } else {
-                Conversion.widenF16(source, into: tensor.data, count: info.count)
-            }
+            Conversion.widen(source, dtype: info.dtype, into: tensor.data, count: info.count)
             file.release(info.byteRange)
             return tensor
         default:
@@ -186,6 +182,15 @@ public enum Conversion {
         }
     }
 
+    /// `count` F32 (possibly unaligned), BF16 or F16 values at `source` as f32 into `out`.
+    static func widen(_ source: UnsafeRawPointer, dtype: DType, into out: UnsafeMutablePointer<Float>, count: Int) {
+        switch dtype {
+        case .bf16: widenBF16(source, into: out, count: count)
+        case .f16: widenF16(source, into: out, count: count)
+        default: UnsafeMutableRawPointer(out).copyMemory(from: source, byteCount: count * 4)
+        }
+    }
+
     /// Writes the transpose of a row-major [rows, cols] F32, BF16 or F16 matrix into `out` as f32
     /// [cols, rows]: tiles are widened row by row into a small buffer, then written out column by
     /// column, on all cores.
@@ -198,13 +203,7 @@ public enum Conversion {
             for c0 in stride(from: 0, to: cols, by: tile) {
                 let width = min(tile, cols - c0)
                 for i in 0..<height {
-                    let first = (r0 + i) * cols + c0
-                    let row = buffer + i * tile
-                    switch dtype {
-                    case .bf16: widenBF16(source + first * 2, into: row, count: width)
-                    case .f16: widenF16(source + first * 2, into: row, count: width)
-                    default: UnsafeMutableRawPointer(row).copyMemory(from: source + first * 4, byteCount: width * 4)
-                    }
+                    widen(source + ((r0 + i) * cols + c0) * dtype.size, dtype: dtype, into: buffer + i * tile, count: width)
                 }
                 for c in 0..<width {
                     let column = out + (c0 + c) * rows + r0
