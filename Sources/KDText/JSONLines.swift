@@ -55,7 +55,8 @@ public struct JSONLines {
     /// JSON booleans also arrive as NSNumber; they are not token ids.
     public static func isBoolean(_ number: NSNumber) -> Bool { String(cString: number.objCType) == "c" }
 
-    static func parse(_ line: Data) throws -> [String: Any] {
+    /// One line as a JSON object, or a KDError saying what it is instead.
+    public static func parse(_ line: Data) throws -> [String: Any] {
         guard let value = try? JSONSerialization.jsonObject(with: line, options: [.fragmentsAllowed]) else {
             throw KDError("not valid JSON")
         }

@@ -12,11 +12,7 @@ func forEachStdinRecord(_ body: ([String: Any]) throws -> Void) throws {
         lineNumber += 1
         if line.allSatisfy(\.isWhitespace) { continue }
         do {
-            guard let value = try? JSONSerialization.jsonObject(with: Data(line.utf8), options: [.fragmentsAllowed]) else {
-                throw KDError("not valid JSON")
-            }
-            guard let object = value as? [String: Any] else { throw KDError("expected a JSON object") }
-            try body(object)
+            try body(try JSONLines.parse(Data(line.utf8)))
         } catch let error as KDError {
             throw KDError("<stdin>:\(lineNumber): \(error.message)")
         }
