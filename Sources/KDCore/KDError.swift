@@ -12,3 +12,17 @@ public struct KDError: Error, CustomStringConvertible, Equatable, Sendable {
     public var description: String { message }
 }
 
+
+/// `data` as a JSON object, or a KDError naming `file`.
+public func jsonObject(_ data: Data, file: String) throws -> [String: Any] {
+    guard let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else {
+        throw KDError("\(file): not a JSON object")
+    }
+    return object
+}
+
+/// The JSON object in the file at `path`, or a KDError naming it.
+public func readJSONObject(atPath path: String) throws -> [String: Any] {
+    guard let data = FileManager.default.contents(atPath: path) else { throw KDError("\(path): no such file") }
+    return try jsonObject(data, file: path)
+}

@@ -140,9 +140,7 @@ public enum ModelConfigurations {
     }
 
     public static func decode(_ data: Data, file: String) throws -> ModelSpec {
-        guard let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else {
-            throw KDError("\(file): not a JSON object")
-        }
+        let object = try jsonObject(data, file: file)
         guard let modelType = object["model_type"] as? String else {
             throw KDError("\(file): missing \"model_type\"")
         }

@@ -38,10 +38,7 @@ public enum PEFTAdapter {
     /// Reads the settings of an adapter directory, refusing what kd does not implement.
     public static func settings(directory: String) throws -> LoRASettings {
         let path = (directory as NSString).appendingPathComponent(configName)
-        guard let data = FileManager.default.contents(atPath: path) else { throw KDError("\(path): no such file") }
-        guard let config = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else {
-            throw KDError("\(path): not a JSON object")
-        }
+        let config = try readJSONObject(atPath: path)
         guard (config["peft_type"] as? String)?.uppercased() == "LORA" else {
             throw KDError("\(path): peft_type \(config["peft_type"] ?? "missing") is not LORA")
         }

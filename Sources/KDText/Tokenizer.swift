@@ -43,9 +43,7 @@ public final class Tokenizer: @unchecked Sendable {
         let configPath = (directory as NSString).appendingPathComponent("tokenizer_config.json")
         tokenizer.configFile = configPath
         if let data = FileManager.default.contents(atPath: configPath) {
-            guard let config = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else {
-                throw KDError("\(configPath): not a JSON object")
-            }
+            let config = try jsonObject(data, file: configPath)
             func tokenID(_ key: String) throws -> Int? {
                 let value = config[key]
                 let content = (value as? String) ?? ((value as? [String: Any])?["content"] as? String)
@@ -68,9 +66,7 @@ public final class Tokenizer: @unchecked Sendable {
     }
 
     public init(json data: Data, file: String) throws {
-        guard let root = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else {
-            throw KDError("\(file): not a JSON object")
-        }
+        let root = try jsonObject(data, file: file)
         guard let model = root["model"] as? [String: Any], model["type"] as? String == "BPE",
               let vocab = model["vocab"] as? [String: Int], let mergeList = model["merges"] as? [Any]
         else { throw KDError("\(file): not a BPE tokenizer (model.type, model.vocab and model.merges are required)") }

@@ -29,11 +29,7 @@ struct Init: KDCommand {
         var source: Checkpoint?
         switch (configJSON ?? from.map { ($0 as NSString).appendingPathComponent("config.json") }, preset) {
         case (let path?, nil):
-            guard let data = FileManager.default.contents(atPath: path) else { throw KDError("\(path): no such file") }
-            guard let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else {
-                throw KDError("\(path): not a JSON object")
-            }
-            config = object
+            config = try readJSONObject(atPath: path)
         case (nil, let name?):
             config = try Presets.config(name)
         default:
