@@ -35,8 +35,7 @@ struct Compare: KDCommand {
         guard !temperatures.isEmpty else { throw KDError("--temperature needs at least one value") }
         let (_, records) = try EvalRecords.read(data)
         let tokenizer = try Tokenizer.load(directory: base)
-        let model = try CausalLM.load(try Checkpoint(directory: base), on: try DeviceGroup(try parseDeviceList(devices).map { Device(id: $0) }))
-        try PEFTAdapter.attach(directory: adapter, to: model)
+        let model = try loadModel(try Checkpoint(directory: base), devices: devices, adapter: adapter)
         let comparison = Comparison(model: model, tokenizer: tokenizer,
                                     stop: StopCondition.defaults(modelDirectory: base, spec: model.spec, tokenizer: tokenizer),
                                     maxNewTokens: maxNewTokens)

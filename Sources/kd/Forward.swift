@@ -22,12 +22,10 @@ struct Forward: KDCommand {
     func execute() throws {
         try setThreads(threads)
         guard batchRows >= 1 else { throw KDError("--batch-rows must be at least 1") }
-        let group = try DeviceGroup(try parseDeviceList(devices).map { Device(id: $0) })
         let loadStart = ContinuousClock.now
-        let lm = try CausalLM.load(try Checkpoint(directory: model), on: group)
-        if let adapter { try PEFTAdapter.attach(directory: adapter, to: lm) }
+        let lm = try loadModel(try Checkpoint(directory: model), devices: devices, adapter: adapter)
         let loadSeconds = (ContinuousClock.now - loadStart).seconds
-        for line in lm.placement.describe(devices: group.devices) { Console.info("  " + line) }
+        for line in lm.placement.describe(devices: lm.group.devices) { Console.info("  " + line) }
         let summary = try ForwardRun.run(model: lm, tokensPath: tokens, outputPath: output, batchRows: batchRows)
         let rss = peakResidentBytes()
         Console.info(String(

@@ -47,8 +47,7 @@ struct Generate: KDCommand {
         let tokenizerFile = (model as NSString).appendingPathComponent("tokenizer.json")
         let tokenizer = FileManager.default.fileExists(atPath: tokenizerFile) ? try Tokenizer.load(directory: model) : nil
         let ids = try source.tokens(tokenizer: tokenizer, enableThinking: enableThinking)
-        let lm = try CausalLM.load(checkpoint, on: try DeviceGroup(try parseDeviceList(devices).map { Device(id: $0) }))
-        if let adapter { try PEFTAdapter.attach(directory: adapter, to: lm) }
+        let lm = try loadModel(checkpoint, devices: devices, adapter: adapter)
         var stop = StopCondition.defaults(modelDirectory: model, spec: lm.spec, tokenizer: tokenizer)
         stop.strings = stops
         let sampling = Sampling(temperature: temperature, topK: topK, topP: topP, seed: seed)

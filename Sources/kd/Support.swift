@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import KDCore
+import KDModels
 
 /// A kd subcommand: its work in `execute()`, with every failure reported as one line on stderr
 /// and a non-zero exit code (never a trap or a stack trace).
@@ -65,6 +66,13 @@ func parseDeviceList(_ text: String) throws -> [Int] {
     let list = ids.map { $0! }
     guard Set(list).count == list.count else { throw KDError("--devices '\(text)' lists a device twice") }
     return list
+}
+
+/// A checkpoint's model placed on the devices of a `--devices` list, with `adapter` attached when given.
+func loadModel(_ checkpoint: Checkpoint, devices: String, adapter: String?) throws -> CausalLM {
+    let model = try CausalLM.load(checkpoint, on: try DeviceGroup(try parseDeviceList(devices).map { Device(id: $0) }))
+    if let adapter { try PEFTAdapter.attach(directory: adapter, to: model) }
+    return model
 }
 
 func setThreads(_ threads: Int?) throws {
