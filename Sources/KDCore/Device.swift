@@ -15,8 +15,6 @@ public final class Device: @unchecked Sendable, CustomStringConvertible, Hashabl
     private var live = 0
     private var peak = 0
     private var cached = 0
-    private var received = 0
-    private var receiveNanoseconds: UInt64 = 0
     private let worker: DeviceThread
 
     public init(id: Int, capacity: Int? = nil) {
@@ -42,10 +40,6 @@ public final class Device: @unchecked Sendable, CustomStringConvertible, Hashabl
     public var peakBytes: Int { lock.withLock { peak } }
     /// Bytes of freed buffers kept for reuse (not counted against the budget).
     public var cachedBytes: Int { lock.withLock { cached } }
-    /// Bytes copied onto this device by `Tensor.to(_:)`, and the time the copies took.
-    public var transferredIn: (bytes: Int, seconds: Double) {
-        lock.withLock { (received, Double(receiveNanoseconds) / 1e9) }
-    }
 
     /// Rounds a request up to a size class, so buffers of recurring shapes are reused exactly and
     /// buffers of nearby sizes share a class (classes are at most 1/8 apart above 4 KiB).
@@ -113,13 +107,6 @@ public final class Device: @unchecked Sendable, CustomStringConvertible, Hashabl
     /// Forgets the peak so that a phase can be measured on its own.
     public func resetPeak() {
         lock.withLock { peak = live }
-    }
-
-    func recordTransfer(bytes: Int, nanoseconds: UInt64) {
-        lock.withLock {
-            received += bytes
-            receiveNanoseconds += nanoseconds
-        }
     }
 
     // MARK: Execution

@@ -87,13 +87,11 @@ public struct Tensor: @unchecked Sendable {
 
     public func toArray() -> [Float] { Array(buffer) }
 
-    /// The only way across devices: a copy onto `target`, counted in the target's transfer bytes.
+    /// The only way across devices: a copy onto `target` (itself when it is already there).
     public func to(_ target: Device) throws -> Tensor {
         if target === device { return self }
-        let start = DispatchTime.now().uptimeNanoseconds
         let copy = try Tensor(uninitializedShape: shape, on: target)
         copy.data.update(from: data, count: count)
-        target.recordTransfer(bytes: byteCount, nanoseconds: DispatchTime.now().uptimeNanoseconds - start)
         return copy
     }
 

@@ -1,5 +1,6 @@
 import Foundation
 import KDCore
+import Synchronization
 
 /// A decoder-only language model placed on a device group: the embedding on the first device,
 /// contiguous stages of decoder layers, the final norm and lm_head on the last device.
@@ -17,6 +18,9 @@ public final class CausalLM {
     /// then a plain product x·Wᵀ, and d(hidden) = d(logits)·W its transposed form, which OpenBLAS
     /// runs about 10% faster than the other way round for vocabulary-sized matrices.
     public let lmHeadTransposed: Tensor
+    /// Bytes of activations and their gradients this model has copied between its devices.
+    public var movedBytes: Int { moved.load(ordering: .relaxed) }
+    private let moved = Atomic<Int>(0)
 
     init(spec: ModelSpec, group: DeviceGroup, placement: Placement, embedding: Tensor?, layers: [DecoderLayer],
          finalNorm: Tensor, lmHeadTransposed: Tensor) {
@@ -142,19 +146,25 @@ public final class CausalLM {
         }
     }
 
+    /// `x` on `device` (copied with `to()` when it is elsewhere, and counted in `movedBytes`).
+    private func move(_ x: Tensor, to device: Device) throws -> Tensor {
+        if x.device !== device { moved.add(x.byteCount, ordering: .relaxed) }
+        return try x.to(device)
+    }
+
     /// Runs `layer(x)` for every decoder layer, stage by stage on each stage's device thread,
     /// moving the activations across with `to()`; returns them on the last device.
     func throughLayers(_ input: Tensor, _ layer: @escaping (DecoderLayer, Tensor) throws -> Void) throws -> Tensor {
         var x = input
         for stage in placement.stages where !stage.layers.isEmpty {
             let device = group.devices[stage.deviceIndex]
-            x = try x.to(device)
+            x = try move(x, to: device)
             let current = x
             try device.run { [self] in
                 for index in stage.layers { try layer(layers[index], current) }
             }
         }
-        return try x.to(lastDevice)
+        return try move(x, to: lastDevice)
     }
 
     /// Backward from d(final hidden states) [rows, hidden] on the last device through every
@@ -172,7 +182,7 @@ public final class CausalLM {
         }
         for stage in placement.stages.reversed() where !stage.layers.isEmpty {
             let device = group.devices[stage.deviceIndex]
-            dx = try dx.to(device)
+            dx = try move(dx, to: device)
             let gradient = dx
             try device.run { [self] in
                 for layer in layers[stage.layers].reversed() {

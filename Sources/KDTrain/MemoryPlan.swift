@@ -13,8 +13,9 @@ import KDModels
 /// - every device holding layers needs a working set of one layer's transients plus one
 ///   attention score matrix (max_seq_len² f32);
 /// - the student's last device holds the fused loss chunk: three chunk × vocab f32 buffers
-///   (teacher logits, student logits, their gradient); the teacher's last device one chunk of
-///   teacher logits and the final hidden states of the batch.
+///   (the teacher's chunk in use, its next one arriving, the student's logits overwritten by
+///   their gradient); the teacher's last device one chunk of teacher logits and the final
+///   hidden states of the batch.
 public struct MemoryPlan: Sendable {
     public struct ModelPlan: Sendable {
         public let role: String

@@ -17,6 +17,8 @@ public struct StepMetrics: Sendable {
     public var tokensPerSecond = 0.0
     public var teacherMs = 0.0
     public var studentMs = 0.0
+    /// Bytes copied between devices for the step's batches: the teacher's logits and both
+    /// models' activations (and the student's gradients) crossing stage boundaries.
     public var transferBytes = 0
     public var elapsedSeconds = 0.0
     public var agreement = 0.0
@@ -45,7 +47,9 @@ public struct RunModels {
     /// Checks the plan and the vocabularies before any weight is read, then loads both models.
     public static func load(_ config: RunConfig, onLoad: (String) -> Void = { _ in }) throws -> RunModels {
         try config.requireModelPaths()
-        let budget = ComputeBudget(threads: config.run.threads, concurrency: config.run.concurrency)
+        let budget = ComputeBudget(
+            threads: config.run.threads, concurrency: config.run.concurrency,
+            disjointDevices: Set(config.teacher.devices).isDisjoint(with: config.student.devices))
         BLAS.threads = budget.threads
         let plan = try MemoryPlan(config: config)
         if !plan.fits {
@@ -184,7 +188,6 @@ public final class Trainer {
     /// anything, when the loss or the gradient is not finite.
     public func trainStep() throws -> StepMetrics {
         let start = ContinuousClock.now
-        let transferBefore = devices.devices.reduce(0) { $0 + $1.transferredIn.bytes }
         let (batches, samplerAfter) = upcoming ?? drawBatches(from: sampler)
         upcoming = nil
         sampler = samplerAfter
@@ -202,7 +205,7 @@ public final class Trainer {
             let stream = prefetched ?? pass.startTeacher(batch)
             prefetched = nil
             let result = try pass.run(batch, gradientScale: 1 / Float(scored), teacherStream: stream) {
-                // While the student runs backward, the teacher starts on the next micro-batch.
+                // While the student finishes this micro-batch, the teacher starts on the next one.
                 guard budget.concurrent else { return }
                 if micro + 1 < batches.count {
                     prefetched = pass.startTeacher(batches[micro + 1])
@@ -214,6 +217,7 @@ public final class Trainer {
             totals.add(result.totals)
             metrics.teacherMs += result.teacherSeconds * 1000
             metrics.studentMs += result.studentSeconds * 1000
+            metrics.transferBytes += result.transferBytes
             metrics.tokens += batch.attentionMask.reduce(0) { $0 + Int($1) }
         }
         let n = Double(scored)
@@ -240,7 +244,6 @@ public final class Trainer {
         metrics.scoredTokens = scored
         let seconds = (ContinuousClock.now - start).seconds
         metrics.tokensPerSecond = Double(metrics.tokens) / seconds
-        metrics.transferBytes = devices.devices.reduce(0) { $0 + $1.transferredIn.bytes } - transferBefore
         return metrics
     }
 

@@ -136,7 +136,7 @@ public final class TrainingRun {
     }
 
     private func openForAppending(_ path: String) throws -> FileHandle {
-        if !FileManager.default.fileExists(atPath: path) { FileManager.default.createFile(atPath: path, contents: nil) }
+        if !FileManager.default.fileExists(atPath: path) { _ = FileManager.default.createFile(atPath: path, contents: nil) }
         guard let handle = FileHandle(forWritingAtPath: path) else { throw KDError("\(path): cannot open for writing") }
         try handle.seekToEnd()
         return handle
