@@ -11,7 +11,9 @@ public final class Device: @unchecked Sendable, CustomStringConvertible, Hashabl
     public let capacity: Int?
 
     private let lock = NSLock()
-    private var free: [Int: [UnsafeMutableRawPointer]] = [:]
+    /// Freed buffers by size class, each with when it was freed (a count of releases).
+    private var free: [Int: [(pointer: UnsafeMutableRawPointer, freedAt: Int)]] = [:]
+    private var releases = 0
     private var live = 0
     private var peak = 0
     private var cached = 0
@@ -25,7 +27,7 @@ public final class Device: @unchecked Sendable, CustomStringConvertible, Hashabl
 
     deinit {
         worker.stop()
-        for (_, pointers) in free { pointers.forEach { $0.deallocate() } }
+        for (_, buffers) in free { buffers.forEach { $0.pointer.deallocate() } }
     }
 
     public var description: String { "device \(id)" }
@@ -51,26 +53,43 @@ public final class Device: @unchecked Sendable, CustomStringConvertible, Hashabl
     }
 
     /// Reserves `bytes` for a live tensor, failing with the numbers when the budget would be exceeded.
+    /// A freed buffer of the same class is reused, else the smallest cached one up to twice the size.
     func allocate(bytes: Int) throws -> (UnsafeMutableRawPointer, sizeClass: Int) {
         let size = Device.sizeClass(bytes)
         lock.lock()
         defer { lock.unlock() }
-        try reserve(size, what: "allocating")
-        if var list = free[size], let pointer = list.popLast() {
-            free[size] = list
-            cached -= size
-            return (pointer, size)
+        if let reuse = free[size] != nil ? size : free.keys.filter({ $0 > size && $0 <= 2 * size }).min(),
+           capacity.map({ live + reuse <= $0 }) ?? true {
+            try reserve(reuse, what: "allocating")
+            let pointer = free[reuse]!.removeLast().pointer
+            if free[reuse]!.isEmpty { free[reuse] = nil }
+            cached -= reuse
+            return (pointer, reuse)
         }
-        if let capacity, live + cached > capacity { dropCache() }
+        try reserve(size, what: "allocating")
+        if let capacity { evict(while: { live + cached > capacity }) }
         return (UnsafeMutableRawPointer.allocate(byteCount: size, alignment: 64), size)
     }
 
-    /// Returns a buffer to the cache for reuse.
+    /// Returns a buffer to the cache for reuse. The cache keeps at most the device's peak of live
+    /// bytes, giving back the buffers freed longest ago: batches of varying shapes would otherwise
+    /// leave a buffer behind in every size class they touch.
     func release(_ pointer: UnsafeMutableRawPointer, sizeClass: Int) {
         lock.withLock {
             live -= sizeClass
-            free[sizeClass, default: []].append(pointer)
+            releases += 1
+            free[sizeClass, default: []].append((pointer, releases))
             cached += sizeClass
+            evict(while: { cached > peak })
+        }
+    }
+
+    /// Frees cached buffers, oldest first (each class's list is in release order), while `condition` holds.
+    private func evict(while condition: () -> Bool) {
+        while condition(), let oldest = free.min(by: { $0.value[0].freedAt < $1.value[0].freedAt })?.key {
+            free[oldest]!.removeFirst().pointer.deallocate()
+            if free[oldest]!.isEmpty { free[oldest] = nil }
+            cached -= oldest
         }
     }
 
@@ -93,21 +112,6 @@ public final class Device: @unchecked Sendable, CustomStringConvertible, Hashabl
         peak = max(peak, live)
     }
 
-    /// Frees every cached buffer (the budget is close, or the caller is done with a phase).
-    public func emptyCache() {
-        lock.withLock { dropCache() }
-    }
-
-    private func dropCache() {
-        for (_, pointers) in free { pointers.forEach { $0.deallocate() } }
-        free.removeAll()
-        cached = 0
-    }
-
-    /// Forgets the peak so that a phase can be measured on its own.
-    public func resetPeak() {
-        lock.withLock { peak = live }
-    }
 
     // MARK: Execution
 

@@ -18,6 +18,22 @@ import Testing
         #expect(device.peakBytes >= 400_000)
     }
 
+    @Test func cacheReusesLargerBuffersAndKeepsAtMostThePeak() throws {
+        let device = Device(id: 1)
+        var pointer: UnsafeMutablePointer<Float>?
+        do { pointer = try Tensor(uninitializedShape: [250_000], on: device).data }  // 1 MB, now cached
+        // A smaller request takes the cached buffer when it is at most twice the size.
+        let smaller = try Tensor(uninitializedShape: [150_000], on: device)
+        #expect(smaller.data == pointer)
+        #expect(device.allocatedBytes == Device.sizeClass(1_000_000) && device.cachedBytes == 0)
+        // Requests in ever new size classes: without eviction each would stay cached.
+        for count in stride(from: 300_000, through: 3_000_000, by: 300_000) {
+            _ = try Tensor(uninitializedShape: [count], on: device)
+            #expect(device.cachedBytes <= device.peakBytes)
+        }
+        #expect(device.cachedBytes > 0)
+    }
+
     @Test func budgetIsEnforcedWithNumbers() throws {
         let device = Device(id: 3, capacity: 1 << 20)
         let held = try Tensor.zeros([200_000], on: device)
