@@ -24,6 +24,12 @@ public struct ComputeBudget: Sendable {
         }
     }
 
+    /// The budget of a run: `run.threads` and `run.concurrency`, and whether the models share a device.
+    public init(_ config: RunConfig) {
+        self.init(threads: config.run.threads, concurrency: config.run.concurrency,
+                  disjointDevices: Set(config.teacher.devices).isDisjoint(with: config.student.devices))
+    }
+
     /// Threads of one BLAS call.
     public var blasThreads: Int { concurrent ? max(1, threads / 2) : threads }
 }

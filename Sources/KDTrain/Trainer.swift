@@ -47,9 +47,7 @@ public struct RunModels {
     /// Checks the plan and the vocabularies before any weight is read, then loads both models.
     public static func load(_ config: RunConfig, onLoad: (String) -> Void = { _ in }) throws -> RunModels {
         try config.requireModelPaths()
-        let budget = ComputeBudget(
-            threads: config.run.threads, concurrency: config.run.concurrency,
-            disjointDevices: Set(config.teacher.devices).isDisjoint(with: config.student.devices))
+        let budget = ComputeBudget(config)
         BLAS.threads = budget.threads
         let plan = try MemoryPlan(config: config)
         if !plan.fits {

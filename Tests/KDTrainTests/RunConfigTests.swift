@@ -13,6 +13,19 @@ import KDCore
         }
     }
 
+    @Test func concurrencyNeedsTwoThreadsAndDisjointDevices() throws {
+        func concurrent(_ overrides: [String]) throws -> Bool {
+            let yaml = "teacher: {path: t, devices: [0]}\nstudent: {path: s, devices: [1]}\n"
+            return ComputeBudget(try RunConfig.parse(yaml: yaml, file: "run.yaml", overrides: overrides)).concurrent
+        }
+        #expect(try concurrent(["run.threads=2"]))
+        #expect(try !concurrent(["run.threads=1"]))
+        #expect(try !concurrent(["run.threads=2", "student.devices=[0]"]))
+        #expect(try concurrent(["run.threads=2", "student.devices=[0]", "run.concurrency=on"]))
+        #expect(try !concurrent(["run.threads=8", "run.concurrency=off"]))
+        #expect(ComputeBudget(threads: 4, concurrency: .on).blasThreads == 2)
+    }
+
     @Test func defaultsAndOverrides() throws {
         let config = try RunConfig.parse(
             yaml: "teacher: {path: t, devices: [0, 1]}\nstudent: {path: s, devices: [2]}\nlora: {r: 64, alpha: 128}\n",
