@@ -217,15 +217,14 @@ public struct DistillationPass {
                 return logits
             }
             result.studentSeconds += (ContinuousClock.now - chunkStart).seconds
-            let chunk = try stream.next(concurrent: budget.concurrent)
-            let teacherChunk = chunk.logits
-            result.teacherSeconds += chunk.seconds
-            result.transferBytes += chunk.movedBytes
+            let teacherChunk = try stream.next(concurrent: budget.concurrent)
+            result.teacherSeconds += teacherChunk.seconds
+            result.transferBytes += teacherChunk.movedBytes
             if range.upperBound == rows.count { teacherDone() }
             chunkStart = ContinuousClock.now
             let totals = try studentDevice.run { [budget] in
                 let totals = DistillationLoss.chunk(
-                    teacher: teacherChunk.data, teacherStride: teacherChunk.shape[1], student: logits.data,
+                    teacher: teacherChunk.logits.data, teacherStride: teacherChunk.logits.shape[1], student: logits.data,
                     labels: Array(labels[range]), settings: settings, gradient: training, threads: budget.blasThreads)
                 if let dHidden {
                     // d(hidden rows) = d(logits)·W_head, scattered back to their positions.
