@@ -3,13 +3,8 @@
 # beside OpenBLAS sgemm GFLOP/s measured in the same run, with load time and peak RSS.
 # Usage: Scripts/bench-forward.sh [REPS]
 set -euo pipefail
-cd "$(dirname "$0")/.."
 reps=${1:-3}
-Scripts/setup.sh
-swift build -c release >/dev/null
-kd=.build/release/kd
-work=runs/bench-forward
-mkdir -p "$work"
+. "$(dirname "$0")/bench-setup.sh" bench-forward
 [ -d "$work/qwen3-0.6b" ] || $kd init --preset qwen3-0.6b --dtype bf16 --output "$work/qwen3-0.6b"
 gcc -O2 Scripts/sgemm_bench.c -o "$work/sgemm_bench" -lopenblas
 python3 -c 'import json, random; random.seed(0); print(json.dumps({"input_ids": [random.randrange(151643) for _ in range(256)]}))' > "$work/tokens.jsonl"

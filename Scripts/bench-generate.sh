@@ -4,13 +4,8 @@
 # threads: a 32-token prompt, 64 new tokens. Needs: pip install torch transformers.
 # Usage: Scripts/bench-generate.sh [REPS]
 set -euo pipefail
-cd "$(dirname "$0")/.."
 reps=${1:-3}
-Scripts/setup.sh
-swift build -c release >/dev/null
-kd=.build/release/kd
-work=runs/bench-generate
-mkdir -p "$work"
+. "$(dirname "$0")/bench-setup.sh" bench-generate
 [ -d "$work/qwen3-0.6b" ] || $kd init --preset qwen3-0.6b --output "$work/qwen3-0.6b"
 prompt=$(python3 -c 'import random; random.seed(1); print(",".join(str(random.randrange(151643)) for _ in range(32)))')
 for threads in 1 2; do

@@ -3,11 +3,8 @@
 # on the whole HumanEval text (prompts, solutions, tests) repeated 10 times, in the same run.
 # Needs: pip install tokenizers. Usage: Scripts/bench-tokenizer.sh [REPS]
 set -euo pipefail
-cd "$(dirname "$0")/.."
 reps=${1:-3}
-swift build -c release >/dev/null
-work=runs/bench-tokenizer
-mkdir -p "$work"
+. "$(dirname "$0")/bench-setup.sh" bench-tokenizer
 python3 - "$work/corpus.jsonl" <<'PY'
 import gzip, json, sys
 texts = []
@@ -22,7 +19,7 @@ with open(sys.argv[1], "w") as out:
 PY
 tok=Configs/tokenizer/qwen3
 for r in $(seq "$reps"); do
-  echo -n "kd         "; .build/release/kd tokenize --tokenizer $tok --stats < "$work/corpus.jsonl" 2>&1 >/dev/null
+  echo -n "kd         "; $kd tokenize --tokenizer $tok --stats < "$work/corpus.jsonl" 2>&1 >/dev/null
   RAYON_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false python3 - "$tok/tokenizer.json" "$work/corpus.jsonl" <<'PY'
 import json, sys, time
 from tokenizers import Tokenizer

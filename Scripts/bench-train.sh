@@ -7,15 +7,10 @@
 # PyTorch runs with glibc malloc and with jemalloc preloaded; the faster figure is the one to beat.
 # Needs: pip install torch transformers peft. Usage: Scripts/bench-train.sh [STEPS]
 set -euo pipefail
-cd "$(dirname "$0")/.."
 steps=${1:-5}
-Scripts/setup.sh
+. "$(dirname "$0")/bench-setup.sh" bench-train
 dpkg -s libjemalloc2 >/dev/null 2>&1 || apt-get install -y -qq libjemalloc2 >/dev/null
 jemalloc=$(ls /usr/lib/x86_64-linux-gnu/libjemalloc.so.2 2>/dev/null || true)
-swift build -c release >/dev/null
-kd=.build/release/kd
-work=runs/bench-train
-mkdir -p "$work"
 
 make_models() {  # name teacher-overrides student-overrides
   local name=$1
