@@ -9,11 +9,18 @@ let cpuFlags = ["-target-cpu", "haswell"]
 let cpuFlags: [String] = []
 #endif
 
-// Release builds of the numeric targets skip bounds and overflow checks: every hot loop
-// already runs over unsafe buffers whose extents are checked once at the op boundary.
-let numericSettings: [SwiftSetting] = [
+// KDCore holds the numeric kernels: every hot loop runs over unsafe buffers whose extents are
+// checked once at the op boundary, so its release build skips bounds and overflow checks. Every
+// other target reads untrusted bytes (safetensors, config.json, run YAML, JSONL, tokenizer and
+// adapter files, trainer state) and keeps Swift's checks on.
+let kernelSettings: [SwiftSetting] = [
     .unsafeFlags(cpuFlags),
     .unsafeFlags(["-Ounchecked", "-wmo"], .when(configuration: .release)),
+    .swiftLanguageMode(.v5),
+]
+let checkedSettings: [SwiftSetting] = [
+    .unsafeFlags(cpuFlags),
+    .unsafeFlags(["-wmo"], .when(configuration: .release)),
     .swiftLanguageMode(.v5),
 ]
 let settings: [SwiftSetting] = [.swiftLanguageMode(.v5)]
@@ -35,19 +42,19 @@ let package = Package(
             providers: [.apt(["libopenblas-dev", "liblapacke-dev"])]
         ),
         // Tensors, devices, device groups, BLAS and SIMD kernels.
-        .target(name: "KDCore", dependencies: ["COpenBLAS"], swiftSettings: numericSettings),
+        .target(name: "KDCore", dependencies: ["COpenBLAS"], swiftSettings: kernelSettings),
         // safetensors, model configs, Qwen3 / Qwen3-MoE, LoRA, placement.
-        .target(name: "KDModels", dependencies: ["KDCore"], swiftSettings: numericSettings),
+        .target(name: "KDModels", dependencies: ["KDCore"], swiftSettings: checkedSettings),
         // Tokenizer, chat template, datasets and batches.
-        .target(name: "KDText", dependencies: ["KDCore"], swiftSettings: numericSettings),
+        .target(name: "KDText", dependencies: ["KDCore"], swiftSettings: checkedSettings),
         // Run config and memory plan (training lands here).
         .target(
             name: "KDTrain",
             dependencies: ["KDCore", "KDModels", "KDText", .product(name: "Yams", package: "Yams")],
-            swiftSettings: numericSettings
+            swiftSettings: checkedSettings
         ),
         // Inference: forward, generation, comparison and evaluation.
-        .target(name: "KDEval", dependencies: ["KDCore", "KDModels", "KDText", "KDTrain"], swiftSettings: numericSettings),
+        .target(name: "KDEval", dependencies: ["KDCore", "KDModels", "KDText", "KDTrain"], swiftSettings: checkedSettings),
         // The command-line interface: argument parsing and output only.
         .executableTarget(
             name: "kd",

@@ -23,6 +23,5 @@ public func jsonObject(_ data: Data, file: String) throws -> [String: Any] {
 
 /// The JSON object in the file at `path`, or a KDError naming it.
 public func readJSONObject(atPath path: String) throws -> [String: Any] {
-    guard let data = FileManager.default.contents(atPath: path) else { throw KDError("\(path): no such file") }
-    return try jsonObject(data, file: path)
+    try jsonObject(try InputFile.read(path, limit: 1 << 30), file: path)
 }

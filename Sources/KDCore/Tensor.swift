@@ -55,7 +55,10 @@ public struct Tensor: @unchecked Sendable {
 
     /// An uninitialised tensor (its memory may hold a previous tensor's values).
     public init(uninitializedShape shape: [Int], on device: Device) throws {
-        self.init(storage: try Storage(count: shape.reduce(1, *), device: device), shape: shape)
+        guard let count = checkedProduct(shape), count <= Int.max / MemoryLayout<Float>.stride else {
+            throw KDError("\(device): a tensor of shape \(shape) is too large to allocate")
+        }
+        self.init(storage: try Storage(count: count, device: device), shape: shape)
     }
 
     public static func zeros(_ shape: [Int], on device: Device) throws -> Tensor {

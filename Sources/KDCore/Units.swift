@@ -4,6 +4,9 @@ import Foundation
 public struct ByteSize: Equatable, Sendable, CustomStringConvertible {
     public let bytes: Int
 
+    /// The largest size kd reads from a config: 1 EiB.
+    public static let maximum = 1 << 60
+
     public init(bytes: Int) { self.bytes = bytes }
 
     public init?(parsing text: String) {
@@ -19,7 +22,7 @@ public struct ByteSize: Equatable, Sendable, CustomStringConvertible {
             factor = value
             break
         }
-        guard let value = Double(number), value >= 0, value.isFinite else { return nil }
+        guard let value = Double(number), value >= 0, value * factor <= Double(ByteSize.maximum) else { return nil }
         bytes = Int((value * factor).rounded())
     }
 

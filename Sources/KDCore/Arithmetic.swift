@@ -1,0 +1,24 @@
+/// Size arithmetic on numbers read from files: nil instead of a wrapped or trapping result.
+
+/// The product of `factors`, or nil when it overflows Int (or a factor is negative).
+public func checkedProduct(_ factors: [Int]) -> Int? {
+    var product = 1
+    for factor in factors {
+        guard factor >= 0 else { return nil }
+        let (value, overflow) = product.multipliedReportingOverflow(by: factor)
+        if overflow { return nil }
+        product = value
+    }
+    return product
+}
+
+/// The sum of `terms`, or nil when it overflows Int.
+public func checkedSum(_ terms: [Int]) -> Int? {
+    var sum = 0
+    for term in terms {
+        let (value, overflow) = sum.addingReportingOverflow(term)
+        if overflow { return nil }
+        sum = value
+    }
+    return sum
+}
