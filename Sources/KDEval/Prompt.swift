@@ -11,7 +11,7 @@ public enum Prompt {
 
     /// Reads a JSON file holding a list of messages (or {"messages": [...]}).
     public static func messages(file path: String) throws -> Prompt {
-        guard let data = FileManager.default.contents(atPath: path) else { throw KDError("\(path): no such file") }
+        let data = try InputFile.read(path, limit: 1 << 30)
         guard let value = try? JSONSerialization.jsonObject(with: data) else { throw KDError("\(path): not valid JSON") }
         let list = (value as? [Any]) ?? ((value as? [String: Any])?["messages"] as? [Any])
         guard let list, !list.isEmpty else { throw KDError("\(path): expected a list of messages or {\"messages\": [...]}") }

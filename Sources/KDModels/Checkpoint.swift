@@ -44,19 +44,20 @@ public final class Checkpoint {
         func path(_ name: String) -> String { (directory as NSString).appendingPathComponent(name) }
         let indexPath = path(indexName)
         if fm.fileExists(atPath: indexPath) {
-            guard let data = fm.contents(atPath: indexPath),
-                  let index = try? JSONSerialization.jsonObject(with: data) as? [String: Any],
-                  let weightMap = index["weight_map"] as? [String: String]
+            guard let weightMap = try readJSONObject(atPath: indexPath)["weight_map"] as? [String: String]
             else { throw KDError("\(indexPath): not a safetensors index (no \"weight_map\" object)") }
             var files: [String: SafetensorsFile] = [:]
             for shard in Set(weightMap.values).sorted() {
+                guard !shard.isEmpty, !shard.contains("/"), shard != ".", shard != ".." else {
+                    throw KDError("\(indexPath): shard name \(quoted(shard)) is not a file name in the model directory")
+                }
                 guard fm.fileExists(atPath: path(shard)) else {
                     throw KDError("\(path(shard)): missing shard (listed in \(indexName))")
                 }
                 files[shard] = try SafetensorsFile(path: path(shard))
             }
             for (name, shard) in weightMap.sorted(by: { $0.key < $1.key }) where files[shard]!.tensors[name] == nil {
-                throw KDError("\(path(shard)): tensor '\(name)' is listed in \(indexName) but not in the shard")
+                throw KDError("\(path(shard)): tensor \(quoted(name)) is listed in \(indexName) but not in the shard")
             }
             return Set(weightMap.values).sorted().map { files[$0]! }
         }

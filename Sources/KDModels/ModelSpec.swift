@@ -101,23 +101,71 @@ public struct ModelSpec: Equatable, Sendable {
         return total
     }
 
+    /// Limits on config.json values, far above any published model and low enough that every size
+    /// kd derives from them (parameters, bytes, FLOPs) fits an Int with room to spare.
+    public enum Limits {
+        public static let vocabSize = 1 << 24
+        public static let hiddenSize = 1 << 17
+        public static let layers = 1 << 10
+        public static let heads = 1 << 10
+        public static let headDim = 1 << 12
+        public static let intermediateSize = 1 << 20
+        public static let experts = 1 << 12
+        /// 2^42 ≈ 4.4 trillion parameters.
+        public static let parameters = 1 << 42
+    }
+
+    /// `num_hidden_layers` checked before anything is sized by it.
+    static func checkLayerCount(_ layers: Int) throws {
+        guard layers >= 1 && layers <= Limits.layers else {
+            throw KDError("num_hidden_layers (\(layers)) must be between 1 and \(Limits.layers)")
+        }
+    }
+
     /// Checks the invariants the kernels rely on, with a message naming the config key.
     func validate(file: String) throws {
         func require(_ ok: Bool, _ what: String) throws {
             if !ok { throw KDError("\(file): \(what)") }
         }
-        try require(vocabSize > 0 && hiddenSize > 0 && numLayers > 0, "vocab_size, hidden_size and num_hidden_layers must be positive")
-        try require(numHeads > 0 && numKVHeads > 0 && numHeads % numKVHeads == 0,
+        func range(_ value: Int, _ key: String, _ limit: Int) throws {
+            try require(value >= 1 && value <= limit, "\(key) (\(value)) must be between 1 and \(limit)")
+        }
+        try range(vocabSize, "vocab_size", Limits.vocabSize)
+        try range(hiddenSize, "hidden_size", Limits.hiddenSize)
+        try range(numLayers, "num_hidden_layers", Limits.layers)
+        try require(feedForward.count == numLayers, "num_hidden_layers (\(numLayers)) does not match the layer list")
+        try range(numHeads, "num_attention_heads", Limits.heads)
+        try range(numKVHeads, "num_key_value_heads", Limits.heads)
+        try require(numHeads % numKVHeads == 0,
                     "num_attention_heads (\(numHeads)) must be a positive multiple of num_key_value_heads (\(numKVHeads))")
-        try require(headDim > 0 && headDim % 2 == 0, "head_dim (\(headDim)) must be positive and even for rotary embeddings")
-        try require(rmsNormEps > 0, "rms_norm_eps must be positive")
-        try require(ropeTheta > 0, "rope_theta must be positive")
-        for kind in feedForward {
-            if case .sparse(let experts, let topK, let size, _) = kind {
-                try require(experts > 0 && topK > 0 && topK <= experts && size > 0,
+        try range(headDim, "head_dim", Limits.headDim)
+        try require(headDim % 2 == 0, "head_dim (\(headDim)) must be positive and even for rotary embeddings")
+        try require(rmsNormEps > 0 && rmsNormEps.isFinite, "rms_norm_eps (\(rmsNormEps)) must be positive and finite")
+        try require(ropeTheta > 0 && ropeTheta.isFinite, "rope_theta (\(ropeTheta)) must be positive and finite")
+        var kinds: [FeedForwardKind] = []
+        for kind in feedForward where !kinds.contains(kind) { kinds.append(kind) }
+        for kind in kinds {
+            switch kind {
+            case .dense(let size):
+                try range(size, "intermediate_size", Limits.intermediateSize)
+            case .sparse(let experts, let topK, let size, _):
+                try range(experts, "num_experts", Limits.experts)
+                try require(topK >= 1 && topK <= experts,
                             "num_experts_per_tok (\(topK)) must be between 1 and num_experts (\(experts))")
+                try range(size, "moe_intermediate_size", Limits.intermediateSize)
             }
         }
+        // Estimated in floating point first, so the exact count cannot overflow.
+        let attention = Double(hiddenSize) * Double(headDim) * Double(2 * numHeads + 2 * numKVHeads)
+        let feedForwardParameters = feedForward.reduce(0.0) { total, kind in
+            switch kind {
+            case .dense(let size): total + 3 * Double(size) * Double(hiddenSize)
+            case .sparse(let experts, _, let size, _): total + Double(experts) * (3 * Double(size) + 1) * Double(hiddenSize)
+            }
+        }
+        let estimate = Double(numLayers) * attention + feedForwardParameters + 2 * Double(vocabSize) * Double(hiddenSize)
+        try require(estimate <= Double(Limits.parameters),
+                    "the model would have about \(String(format: "%.3g", estimate)) parameters, more than the \(Limits.parameters) kd accepts")
     }
 }
 
@@ -133,10 +181,7 @@ public enum ModelConfigurations {
 
     /// Reads a `config.json` into a spec, with one-line errors naming the file and key.
     public static func load(configFile path: String) throws -> ModelSpec {
-        guard let data = FileManager.default.contents(atPath: path) else {
-            throw KDError("\(path): no such file")
-        }
-        return try decode(data, file: path)
+        try decode(try InputFile.read(path, limit: 1 << 24), file: path)
     }
 
     public static func decode(_ data: Data, file: String) throws -> ModelSpec {

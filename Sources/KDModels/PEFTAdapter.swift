@@ -13,6 +13,9 @@ public struct LoRASettings: Equatable, Sendable {
     public var initMethod = LoRAInit.default
     public var initFrom: String? = nil
 
+    /// The largest rank kd accepts, in a run config or an adapter file.
+    public static let maximumRank = 1 << 16
+
     public init() {}
 
     /// The factor s in y = Wx + s·B·A·x: alpha/r, or alpha/√r with rank-stabilised LoRA.
@@ -38,29 +41,35 @@ public enum PEFTAdapter {
     /// Reads the settings of an adapter directory, refusing what kd does not implement.
     public static func settings(directory: String) throws -> LoRASettings {
         let path = (directory as NSString).appendingPathComponent(configName)
-        let config = try readJSONObject(atPath: path)
-        guard (config["peft_type"] as? String)?.uppercased() == "LORA" else {
-            throw KDError("\(path): peft_type \(config["peft_type"] ?? "missing") is not LORA")
+        let object = try readJSONObject(atPath: path)
+        let config = JSONFields(object, file: path)
+        let type = try config.string("peft_type")
+        guard type?.uppercased() == "LORA" else {
+            throw KDError("\(path): peft_type \(type.map { quoted($0) } ?? "missing") is not LORA")
         }
-        guard let r = config["r"] as? Int, r >= 1 else { throw KDError("\(path): \"r\" must be a positive integer") }
+        guard let r = try config.int("r"), r >= 1 && r <= LoRASettings.maximumRank else {
+            throw KDError("\(path): r must be an integer between 1 and \(LoRASettings.maximumRank)")
+        }
         var settings = LoRASettings()
         settings.r = r
-        settings.alpha = (config["lora_alpha"] as? Double) ?? Double(r)
-        settings.dropout = (config["lora_dropout"] as? Double) ?? 0
-        settings.useRSLoRA = (config["use_rslora"] as? Bool) ?? false
-        if let modules = config["target_modules"] as? [String] {
-            settings.targetModules = modules
-        } else {
+        settings.alpha = try config.number("lora_alpha") ?? Double(r)
+        guard settings.alpha > 0 else { throw KDError("\(path): lora_alpha must be positive") }
+        settings.dropout = try config.number("lora_dropout") ?? 0
+        guard settings.dropout >= 0 && settings.dropout < 1 else { throw KDError("\(path): lora_dropout must be in [0, 1)") }
+        settings.useRSLoRA = try config.bool("use_rslora") ?? false
+        guard let modules = try? config.strings("target_modules"), !modules.isEmpty else {
             throw KDError("\(path): target_modules must be a list of module names")
         }
+        settings.targetModules = modules
         for key in ["rank_pattern", "alpha_pattern"] {
-            if let pattern = config[key] as? [String: Any], !pattern.isEmpty {
-                throw KDError("\(path): \(key) is not supported (one rank and alpha for every module)")
+            if let pattern = object[key], !(pattern is NSNull) {
+                guard let mapping = pattern as? [String: Any] else { throw KDError("\(path): \(key) must be an object") }
+                if !mapping.isEmpty { throw KDError("\(path): \(key) is not supported (one rank and alpha for every module)") }
             }
         }
-        if (config["fan_in_fan_out"] as? Bool) == true { throw KDError("\(path): fan_in_fan_out is not supported") }
-        if let bias = config["bias"] as? String, bias != "none" { throw KDError("\(path): bias '\(bias)' is not supported") }
-        if (config["use_dora"] as? Bool) == true { throw KDError("\(path): DoRA adapters are not supported") }
+        if try config.bool("fan_in_fan_out") == true { throw KDError("\(path): fan_in_fan_out is not supported") }
+        if let bias = try config.string("bias"), bias != "none" { throw KDError("\(path): bias \(quoted(bias)) is not supported") }
+        if try config.bool("use_dora") == true { throw KDError("\(path): DoRA adapters are not supported") }
         return settings
     }
 
@@ -80,7 +89,7 @@ public enum PEFTAdapter {
                 var pair: [Tensor] = []
                 for (matrix, shape) in [("A", [settings.r, inFeatures]), ("B", [out, settings.r])] {
                     let name = key(linear, matrix)
-                    guard let info = file.tensors[name] else { throw KDError("\(file.path): missing tensor '\(name)'") }
+                    guard let info = file.tensors[name] else { throw KDError("\(file.path): missing tensor \(quoted(name))") }
                     guard info.shape == shape else {
                         throw KDError("\(file.path): tensor '\(name)' has shape \(info.shape), the model implies \(shape)")
                     }
@@ -95,7 +104,7 @@ public enum PEFTAdapter {
             throw KDError("\(directory): the adapter targets \(settings.targetModules) but the model has no such linear layers")
         }
         if let extra = file.tensors.keys.sorted().first(where: { !used.contains($0) }) {
-            throw KDError("\(file.path): unexpected tensor '\(extra)' (not a targeted linear of this model)")
+            throw KDError("\(file.path): unexpected tensor \(quoted(extra)) (not a targeted linear of this model)")
         }
         return (settings, matrices)
     }

@@ -68,8 +68,9 @@ public struct Qwen3Configuration: ModelConfiguration {
     }
 
     public func spec() throws -> ModelSpec {
-        try baseSpec(
+        try ModelSpec.checkLayerCount(numHiddenLayers)
+        return try baseSpec(
             modelType: Self.modelType,
-            feedForward: Array(repeating: .dense(intermediateSize: intermediateSize), count: max(0, numHiddenLayers)))
+            feedForward: Array(repeating: .dense(intermediateSize: intermediateSize), count: numHiddenLayers))
     }
 }

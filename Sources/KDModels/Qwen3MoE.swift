@@ -51,11 +51,12 @@ public struct Qwen3MoEConfiguration: ModelConfiguration {
 
     public func spec() throws -> ModelSpec {
         guard let experts = numExperts ?? numLocalExperts else { throw KDError("missing key 'num_experts'") }
+        try ModelSpec.checkLayerCount(base.numHiddenLayers)
         let step = decoderSparseStep ?? 1
         guard step >= 1 else { throw KDError("decoder_sparse_step must be at least 1") }
         let denseOnly = Set(mlpOnlyLayers ?? [])
         // As transformers: a layer is sparse unless listed in mlp_only_layers, when (layer+1) % step == 0.
-        let feedForward: [FeedForwardKind] = (0..<max(0, base.numHiddenLayers)).map { layer in
+        let feedForward: [FeedForwardKind] = (0..<base.numHiddenLayers).map { layer in
             if !denseOnly.contains(layer) && experts > 0 && (layer + 1) % step == 0 {
                 return .sparse(
                     experts: experts, topK: numExpertsPerTok, intermediateSize: moeIntermediateSize,

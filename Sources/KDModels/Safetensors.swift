@@ -24,12 +24,9 @@ final class MappedFile: @unchecked Sendable {
     let size: Int
 
     init(path: String) throws {
-        let fd = open(path, O_RDONLY)
-        guard fd >= 0 else { throw KDError("\(path): cannot open (\(String(cString: strerror(errno))))") }
+        let (fd, size) = try InputFile.open(path)
         defer { close(fd) }
-        var info = stat()
-        guard fstat(fd, &info) == 0 else { throw KDError("\(path): cannot stat") }
-        size = Int(info.st_size)
+        self.size = size
         guard size > 0 else {
             base = UnsafeMutableRawPointer.allocate(byteCount: 1, alignment: 8)
             return
@@ -63,8 +60,8 @@ public struct TensorInfo: Sendable {
     public let shape: [Int]
     /// Byte range within the file (already offset past the header).
     public let byteRange: Range<Int>
-
-    public var count: Int { shape.reduce(1, *) }
+    /// Elements (the product of the shape, checked against overflow when the header was read).
+    public let count: Int
 }
 
 /// A safetensors file: its header parsed and checked, its data memory-mapped.
@@ -74,48 +71,81 @@ public final class SafetensorsFile: @unchecked Sendable {
     public let metadata: [String: String]
     let file: MappedFile
 
+    /// The largest header kd reads (the format's own readers stop at 100 MB as well).
+    public static let maximumHeaderBytes = 100_000_000
+
     public init(path: String) throws {
         self.path = path
-        guard FileManager.default.fileExists(atPath: path) else { throw KDError("\(path): no such file") }
         file = try MappedFile(path: path)
-        let size = file.size
+        (tensors, metadata) = try SafetensorsFile.parseHeader(
+            UnsafeRawBufferPointer(start: file.base, count: file.size), path: path)
+    }
+
+    /// Reads and checks the header of a safetensors file held in `bytes`: every size computed with
+    /// overflow checks, every tensor's bytes inside the file, and the data section covered exactly
+    /// once (tensors contiguous, no gap, no overlap, nothing after the last), as the format requires.
+    static func parseHeader(_ bytes: UnsafeRawBufferPointer, path: String) throws
+        -> (tensors: [String: TensorInfo], metadata: [String: String]) {
+        let size = bytes.count
         guard size >= 8 else { throw KDError("\(path): truncated safetensors file (\(size) bytes, no header)") }
-        let headerLength = Int(UInt64(littleEndian: file.base.loadUnaligned(as: UInt64.self)))
-        guard headerLength <= size - 8 else {
-            throw KDError("\(path): header length \(headerLength) runs past the end of the file (\(size) bytes): truncated or not safetensors")
+        let declared = UInt64(littleEndian: bytes.loadUnaligned(as: UInt64.self))
+        guard declared <= UInt64(size - 8) else {
+            throw KDError("\(path): header length \(declared) runs past the end of the file (\(size) bytes): truncated or not safetensors")
         }
-        let headerData = Data(bytes: file.base + 8, count: headerLength)
+        let headerLength = Int(declared)
+        guard headerLength <= maximumHeaderBytes else {
+            throw KDError("\(path): header of \(headerLength) bytes is larger than the \(maximumHeaderBytes) a safetensors header may have")
+        }
+        let headerData = Data(bytes: bytes.baseAddress! + 8, count: headerLength)
         guard let header = try? JSONSerialization.jsonObject(with: headerData) as? [String: Any] else {
             throw KDError("\(path): header is not a JSON object: not a safetensors file")
         }
-        let dataStart = 8 + headerLength
+        let dataStart = 8 + headerLength, dataLength = size - dataStart
         var tensors: [String: TensorInfo] = [:]
         var metadata: [String: String] = [:]
         for (name, value) in header {
+            let label = quoted(name)
             if name == "__metadata__" {
-                metadata = (value as? [String: String]) ?? [:]
+                guard let strings = value as? [String: String] else {
+                    throw KDError("\(path): __metadata__ must map strings to strings")
+                }
+                metadata = strings
                 continue
             }
             guard let entry = value as? [String: Any], let dtypeName = entry["dtype"] as? String,
-                let shape = entry["shape"] as? [Int], let offsets = entry["data_offsets"] as? [Int], offsets.count == 2
-            else { throw KDError("\(path): tensor '\(name)': malformed header entry") }
+                  let shape = entry["shape"] as? [Int], let offsets = entry["data_offsets"] as? [Int], offsets.count == 2
+            else { throw KDError("\(path): tensor \(label): malformed header entry (dtype, shape and data_offsets are required)") }
             guard let dtype = DType(rawValue: dtypeName) else {
-                throw KDError("\(path): tensor '\(name)': unsupported dtype \(dtypeName) (kd reads F32, BF16, F16)")
+                throw KDError("\(path): tensor \(label): unsupported dtype \(quoted(dtypeName)) (kd reads F32, BF16, F16)")
             }
-            let count = shape.reduce(1, *)
-            guard shape.allSatisfy({ $0 >= 0 }), offsets[0] >= 0, offsets[1] >= offsets[0],
-                offsets[1] - offsets[0] == count * dtype.size
-            else {
-                throw KDError("\(path): tensor '\(name)': data_offsets \(offsets) do not hold \(shape) of \(dtypeName)")
+            guard shape.allSatisfy({ $0 >= 0 }), let count = checkedProduct(shape),
+                  case let (byteCount, overflow) = count.multipliedReportingOverflow(by: dtype.size), !overflow
+            else { throw KDError("\(path): tensor \(label): shape \(shape) is not a valid size") }
+            let (begin, end) = (offsets[0], offsets[1])
+            guard begin >= 0, end >= begin, end - begin == byteCount else {
+                throw KDError("\(path): tensor \(label): data_offsets \(offsets) do not hold \(shape) of \(dtypeName)")
             }
-            guard dataStart + offsets[1] <= size else {
-                throw KDError("\(path): tensor '\(name)': data runs past the end of the file (\(size) bytes): the file is truncated")
+            guard end <= dataLength else {
+                throw KDError("\(path): tensor \(label): data runs past the end of the file (\(size) bytes): the file is truncated")
             }
-            tensors[name] = TensorInfo(
-                name: name, dtype: dtype, shape: shape, byteRange: (dataStart + offsets[0])..<(dataStart + offsets[1]))
+            tensors[name] = TensorInfo(name: name, dtype: dtype, shape: shape,
+                                       byteRange: (dataStart + begin)..<(dataStart + end), count: count)
         }
-        self.tensors = tensors
-        self.metadata = metadata
+        // Each byte of the data section belongs to exactly one tensor.
+        var covered = dataStart
+        for info in tensors.values.sorted(by: { ($0.byteRange.lowerBound, $0.byteRange.upperBound) < ($1.byteRange.lowerBound, $1.byteRange.upperBound) }) {
+            if info.byteRange.lowerBound != covered {
+                let problem = info.byteRange.lowerBound < covered ? "overlaps the tensor before it" : "leaves a gap before it"
+                throw KDError("\(path): tensor \(quoted(info.name)): data_offsets \(problem): "
+                    + "the header does not describe the data (wrong header length or offsets)")
+            }
+            covered = info.byteRange.upperBound
+        }
+        guard covered == size else {
+            throw KDError("\(path): \(size - covered) bytes after the last tensor's data: "
+                + "the header does not describe the data (wrong header length or offsets)")
+        }
+        return (tensors, metadata)
     }
 
     /// Loads a floating-point tensor onto `device` as f32. An aligned f32 tensor borrows the
@@ -259,7 +289,7 @@ public final class SafetensorsWriter {
 
     public let path: String
     private let temporaryPath: String
-    private let handle: FileHandle
+    private let handle: OutputFile
     private let entries: [Entry]
     private var next = 0
     private var writtenOfCurrent = 0
@@ -270,11 +300,9 @@ public final class SafetensorsWriter {
     public init(path: String, entries: [Entry], metadata: [String: String] = ["format": "pt"]) throws {
         self.path = path
         self.entries = entries
+        try requireReplaceableFile(path)
         temporaryPath = path + ".tmp-\(getpid())"
-        guard FileManager.default.createFile(atPath: temporaryPath, contents: nil) else {
-            throw KDError("\(path): cannot create file")
-        }
-        handle = try FileHandle(forWritingTo: URL(fileURLWithPath: temporaryPath))
+        handle = try OutputFile(creating: temporaryPath)
         var header: [String: Any] = [:]
         if !metadata.isEmpty { header["__metadata__"] = metadata }
         var offset = 0
@@ -287,8 +315,13 @@ public final class SafetensorsWriter {
         var json = try JSONSerialization.data(withJSONObject: header, options: [.sortedKeys])
         while (8 + json.count) % 8 != 0 { json.append(0x20) }
         var length = UInt64(json.count).littleEndian
-        try handle.write(contentsOf: Data(bytes: &length, count: 8))
-        try handle.write(contentsOf: json)
+        do {
+            try handle.write(Data(bytes: &length, count: 8))
+            try handle.write(json)
+        } catch {
+            discard()
+            throw error
+        }
     }
 
     /// Writes f32 values of the current tensor, converting to its declared dtype. A tensor may be
@@ -297,7 +330,7 @@ public final class SafetensorsWriter {
         let entry = try current(accepting: count)
         switch entry.dtype {
         case .f32:
-            try handle.write(contentsOf: Data(bytes: values, count: count * 4))
+            try handle.write(UnsafeRawBufferPointer(start: values, count: count * 4))
         case .bf16, .f16:
             if scratch.count < count { scratch = [UInt16](repeating: 0, count: count) }
             try scratch.withUnsafeMutableBufferPointer { buffer in
@@ -306,7 +339,7 @@ public final class SafetensorsWriter {
                 } else {
                     Conversion.narrowF16(values, into: buffer.baseAddress!, count: count)
                 }
-                try handle.write(contentsOf: Data(bytes: buffer.baseAddress!, count: count * 2))
+                try handle.write(UnsafeRawBufferPointer(start: buffer.baseAddress!, count: count * 2))
             }
         default:
             throw KDError("\(path): tensor '\(entry.name)': cannot write f32 values as \(entry.dtype.rawValue)")
@@ -322,7 +355,7 @@ public final class SafetensorsWriter {
     public func write(raw bytes: Data) throws {
         let size = try current(accepting: 0).dtype.size
         _ = try current(accepting: bytes.count / size)
-        try handle.write(contentsOf: bytes)
+        try handle.write(bytes)
         advance(by: bytes.count / size)
     }
 
@@ -350,10 +383,11 @@ public final class SafetensorsWriter {
         guard next == entries.count else {
             throw KDError("\(path): \(entries.count - next) declared tensors were not written")
         }
-        try handle.synchronize()
         try handle.close()
-        if FileManager.default.fileExists(atPath: path) { try FileManager.default.removeItem(atPath: path) }
-        try FileManager.default.moveItem(atPath: temporaryPath, toPath: path)
+        try requireReplaceableFile(path)
+        guard rename(temporaryPath, path) == 0 else {
+            throw KDError("\(path): cannot rename into place (\(String(cString: strerror(errno))))")
+        }
     }
 
     /// Abandons the file (on an error part-way).

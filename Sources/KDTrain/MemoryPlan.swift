@@ -70,8 +70,10 @@ public struct MemoryPlan: Sendable {
             loraParameters: LoRAShapes.parameterCount(spec: studentSpec, lora: config.lora))
 
         var usage = (0..<config.deviceCount).map { DeviceUsage(id: $0, capacityBytes: config.devices.memoryPerDevice?.bytes) }
-        let tokens = config.train.batchSize * config.data.maxSeqLen
-        let f32 = MemoryLayout<Float>.stride
+        // Sizes are summed in floating point and saturated (`bytes`): a config far beyond any
+        // machine gives a plan that does not fit, never a wrapped or negative figure.
+        let tokens = Double(config.train.batchSize) * Double(config.data.maxSeqLen)
+        let f32 = Double(MemoryLayout<Float>.stride)
         for model in [teacher, student] {
             let spec = model.spec
             let training = model.role == "student"
@@ -82,24 +84,25 @@ public struct MemoryPlan: Sendable {
                 if stage.holdsEmbedding { usage[id].holds.append("\(model.role).embed_tokens") }
                 if stage.holdsHead { usage[id].holds.append("\(model.role).norm+lm_head") }
                 usage[id].parameterBytes += stage.parameterBytes
-                var activations = 0
+                var activations = 0.0, loraBytes = 0.0
                 for layer in stage.layers {
                     if training {
                         let lora = LoRAShapes.adapters(spec: spec, layer: layer, lora: config.lora)
-                        usage[id].loraBytes += lora.reduce(0) { $0 + $1.parameters } * 4 * f32
+                        loraBytes += lora.reduce(0.0) { $0 + Double($1.inFeatures + $1.outFeatures) * Double($1.rank) } * 4 * f32
                         let loraSaved = lora.reduce(0) { $0 + config.lora.r + (config.lora.dropout > 0 ? $1.inFeatures : 0) }
-                        activations += tokens * f32 * (MemoryPlan.savedPerToken(spec, layer: layer) + loraSaved)
+                        activations += tokens * f32 * Double(MemoryPlan.savedPerToken(spec, layer: layer) + loraSaved)
                     }
                 }
                 if !stage.layers.isEmpty {
-                    activations += MemoryPlan.workingSet(spec, tokens: tokens, sequence: config.data.maxSeqLen)
+                    activations += MemoryPlan.workingSet(spec, tokens: tokens, sequence: Double(config.data.maxSeqLen))
                 }
                 if stage.holdsHead {
-                    let chunk = Swift.min(tokens, config.distill.chunkTokens)
-                    activations += training ? 3 * chunk * spec.vocabSize * f32
-                        : chunk * spec.vocabSize * f32 + tokens * spec.hiddenSize * f32
+                    let chunk = Swift.min(tokens, Double(config.distill.chunkTokens))
+                    let vocab = Double(spec.vocabSize)
+                    activations += training ? 3 * chunk * vocab * f32 : chunk * vocab * f32 + tokens * Double(spec.hiddenSize) * f32
                 }
-                usage[id].activationBytes += activations
+                usage[id].loraBytes = MemoryPlan.bytes(Double(usage[id].loraBytes) + loraBytes)
+                usage[id].activationBytes = MemoryPlan.bytes(Double(usage[id].activationBytes) + activations)
             }
         }
         devices = usage
@@ -114,8 +117,14 @@ public struct MemoryPlan: Sendable {
         }
     }
 
+    /// The largest byte count a plan reports (1 EiB): three of them still add up within Int.
+    static let maximumBytes = 1 << 60
+
+    /// A byte count computed in floating point, saturated at `maximumBytes`.
+    static func bytes(_ value: Double) -> Int { value >= Double(maximumBytes) ? maximumBytes : Int(value.rounded()) }
+
     /// Bytes of one layer's transient buffers plus one attention score matrix.
-    static func workingSet(_ spec: ModelSpec, tokens: Int, sequence: Int) -> Int {
+    static func workingSet(_ spec: ModelSpec, tokens: Double, sequence: Double) -> Double {
         let projections = (spec.numHeads + 2 * spec.numKVHeads) * spec.headDim + 2 * spec.hiddenSize
         let feedForward = spec.feedForward.map { kind -> Int in
             switch kind {
@@ -123,7 +132,7 @@ public struct MemoryPlan: Sendable {
             case .sparse(let experts, let topK, let size, _): experts + topK * (3 * size + spec.hiddenSize)
             }
         }.max() ?? 0
-        return (tokens * (projections + feedForward) + sequence * sequence) * MemoryLayout<Float>.stride
+        return (tokens * Double(projections + feedForward) + sequence * sequence) * Double(MemoryLayout<Float>.stride)
     }
 
     /// The plan as JSON-compatible data: `teacher`, `student`, `devices`, `fits`.

@@ -104,6 +104,13 @@ public struct ConfigField: @unchecked Sendable {
 }
 
 /// A value a configuration key can hold, read from a YAML node.
+/// A YAML value as an error message shows it: quoted and cut, or what kind of node it is.
+func describe(_ node: Node) -> String {
+    if node.null != nil { return "null" }
+    if node.scalar != nil, let text = node.string { return quoted(text, limit: 60) }
+    return node.sequence != nil ? "a list" : "a mapping"
+}
+
 protocol ConfigValue {
     static func read(_ node: Node) throws -> Self
     var jsonValue: Any { get }
@@ -111,7 +118,7 @@ protocol ConfigValue {
 
 extension Int: ConfigValue {
     static func read(_ node: Node) throws -> Int {
-        guard let value = node.int else { throw KDError("expected an integer, got '\(node.string ?? "a collection")'") }
+        guard let value = node.int else { throw KDError("expected an integer, got \(describe(node))") }
         return value
     }
     var jsonValue: Any { self }
@@ -119,8 +126,8 @@ extension Int: ConfigValue {
 
 extension Double: ConfigValue {
     static func read(_ node: Node) throws -> Double {
-        guard let value = node.float ?? node.int.map(Double.init) else {
-            throw KDError("expected a number, got '\(node.string ?? "a collection")'")
+        guard let value = node.float ?? node.int.map(Double.init), value.isFinite else {
+            throw KDError("expected a finite number, got \(describe(node))")
         }
         return value
     }
@@ -129,7 +136,7 @@ extension Double: ConfigValue {
 
 extension Bool: ConfigValue {
     static func read(_ node: Node) throws -> Bool {
-        guard let value = node.bool else { throw KDError("expected true or false, got '\(node.string ?? "a collection")'") }
+        guard let value = node.bool else { throw KDError("expected true or false, got \(describe(node))") }
         return value
     }
     var jsonValue: Any { self }
@@ -137,7 +144,7 @@ extension Bool: ConfigValue {
 
 extension String: ConfigValue {
     static func read(_ node: Node) throws -> String {
-        guard node.scalar != nil, let value = node.string else { throw KDError("expected a string") }
+        guard node.scalar != nil, node.null == nil, let value = node.string else { throw KDError("expected a string, got \(describe(node))") }
         return value
     }
     var jsonValue: Any { self }
@@ -145,9 +152,9 @@ extension String: ConfigValue {
 
 extension ByteSize: ConfigValue {
     static func read(_ node: Node) throws -> ByteSize {
-        if let bytes = node.int { return ByteSize(bytes: bytes) }
+        if let bytes = node.int, bytes >= 0 && bytes <= ByteSize.maximum { return ByteSize(bytes: bytes) }
         guard let text = node.string, let size = ByteSize(parsing: text) else {
-            throw KDError("expected a size such as 80GiB, 512MiB or a number of bytes, got '\(node.string ?? "a collection")'")
+            throw KDError("expected a size such as 80GiB, 512MiB or a number of bytes up to 1 EiB, got \(describe(node))")
         }
         return size
     }
@@ -174,7 +181,7 @@ protocol ConfigEnum: ConfigValue, RawRepresentable<String>, CaseIterable {}
 extension ConfigEnum {
     static func read(_ node: Node) throws -> Self {
         guard let text = node.string, let value = Self(rawValue: text) else {
-            throw KDError("expected one of \(allCases.map(\.rawValue).joined(separator: ", ")), got '\(node.string ?? "a collection")'")
+            throw KDError("expected one of \(allCases.map(\.rawValue).joined(separator: ", ")), got \(describe(node))")
         }
         return value
     }
@@ -258,26 +265,27 @@ extension RunConfig {
         if path == "-" {
             text = String(decoding: FileHandle.standardInput.readDataToEndOfFile(), as: UTF8.self)
         } else {
-            guard let data = FileManager.default.contents(atPath: path) else { throw KDError("\(path): no such file") }
-            text = String(decoding: data, as: UTF8.self)
+            text = String(decoding: try InputFile.read(path, limit: 1 << 24), as: UTF8.self)
         }
         return try parse(yaml: text, file: path == "-" ? "<stdin>" : path, overrides: overrides)
     }
 
     public static func parse(yaml: String, file: String, overrides: [String] = []) throws -> RunConfig {
         var config = RunConfig()
+        // A UTF-8 byte-order mark, as some editors write, is not part of the YAML.
+        let yaml = yaml.hasPrefix("\u{FEFF}") ? String(yaml.unicodeScalars.dropFirst()) : yaml
         let root: Node?
         do {
             root = try Yams.compose(yaml: yaml)
         } catch {
-            throw KDError("\(file): not valid YAML: \(String(describing: error).split(separator: "\n").joined(separator: " "))")
+            throw KDError("\(file): not valid YAML: \(escaped(String(describing: error).split(separator: "\n").joined(separator: " ")))")
         }
         if let root {
             guard let top = root.mapping else { throw KDError("\(file): expected a mapping of sections (run:, teacher:, ...)") }
             for (sectionNode, body) in top {
                 let section = sectionNode.string ?? ""
                 guard sections.contains(section) else {
-                    throw KDError("\(file):\(line(sectionNode)): unknown section '\(section)'\(suggestion(for: section, among: sections))")
+                    throw KDError("\(file):\(line(sectionNode)): unknown section \(quoted(section, limit: 60))\(suggestion(for: section, among: sections))")
                 }
                 if body.null != nil { continue }
                 guard let mapping = body.mapping else {
@@ -291,7 +299,7 @@ extension RunConfig {
         }
         for assignment in overrides {
             guard let eq = assignment.firstIndex(of: "=") else {
-                throw KDError("--set '\(assignment)': expected key.path=value")
+                throw KDError("--set \(quoted(assignment)): expected key.path=value")
             }
             let key = String(assignment[..<eq]).trimmingCharacters(in: .whitespaces)
             let text = String(assignment[assignment.index(after: eq)...])
@@ -304,7 +312,7 @@ extension RunConfig {
 
     private static func set(_ key: String, _ node: Node, in config: inout RunConfig, location: String) throws {
         guard let field = fieldsByKey[key] else {
-            throw KDError("\(location): unknown key '\(key)'\(suggestion(for: key, among: fields.map(\.key)))")
+            throw KDError("\(location): unknown key \(quoted(key, limit: 60))\(suggestion(for: key, among: fields.map(\.key)))")
         }
         do {
             try field.apply(&config, node)
@@ -317,6 +325,7 @@ extension RunConfig {
 
     /// " (did you mean 'lora.r'?)" when a known name is close enough to be a likely typo.
     static func suggestion(for word: String, among candidates: [String]) -> String {
+        guard word.count <= 100 else { return "" }
         let scored = candidates.map { ($0, editDistance(word.lowercased(), $0.lowercased())) }
         guard let best = scored.min(by: { $0.1 < $1.1 }) else { return "" }
         let tail = String(word.split(separator: ".").last ?? "")
@@ -343,38 +352,62 @@ extension RunConfig {
         func require(_ ok: Bool, _ key: String, _ what: String) throws {
             if !ok { throw KDError("\(file): \(key) \(what)") }
         }
-        try require(run.threads.map { $0 >= 1 } ?? true, "run.threads", "must be at least 1")
-        try require(devices.count.map { $0 >= 1 } ?? true, "devices.count", "must be at least 1")
+        func range<T: Comparable>(_ value: T, _ key: String, _ bounds: ClosedRange<T>) throws {
+            try require(bounds.contains(value), key, "(\(value)) must be between \(bounds.lowerBound) and \(bounds.upperBound)")
+        }
+        try require(!run.outputDir.isEmpty, "run.output_dir", "must name a directory")
+        try range(run.seed, "run.seed", 0...Int(Int64.max))
+        if let threads = run.threads { try range(threads, "run.threads", 1...Limits.threads) }
+        if let count = devices.count { try range(count, "devices.count", 1...Limits.devices) }
         for (name, model) in [("teacher", teacher), ("student", student)] {
             try require(!model.devices.isEmpty, "\(name).devices", "must list at least one device id")
             try require(Set(model.devices).count == model.devices.count, "\(name).devices", "lists a device twice")
-            try require(model.devices.allSatisfy { $0 >= 0 && $0 < deviceCount }, "\(name).devices",
+            try require(model.devices.allSatisfy { $0 >= 0 && $0 < Limits.devices }, "\(name).devices",
+                        "\(model.devices) must be ids from 0 to \(Limits.devices - 1)")
+        }
+        for (name, model) in [("teacher", teacher), ("student", student)] {
+            try require(model.devices.allSatisfy { $0 < deviceCount }, "\(name).devices",
                         "\(model.devices) must be ids below devices.count (\(deviceCount))")
         }
-        try require(lora.r >= 1, "lora.r", "must be at least 1")
+        try range(lora.r, "lora.r", 1...LoRASettings.maximumRank)
         try require(lora.alpha > 0, "lora.alpha", "must be positive")
         try require(lora.dropout >= 0 && lora.dropout < 1, "lora.dropout", "must be in [0, 1)")
         let modules = LoRASettings.allTargets
         for module in lora.targetModules where !modules.contains(module) {
-            throw KDError("\(file): lora.target_modules: unknown module '\(module)'\(RunConfig.suggestion(for: module, among: modules))")
+            throw KDError("\(file): lora.target_modules: unknown module \(quoted(module, limit: 60))\(RunConfig.suggestion(for: module, among: modules))")
         }
         try require(!lora.targetModules.isEmpty, "lora.target_modules", "must name at least one module")
         try require(distill.alpha >= 0 && distill.alpha <= 1, "distill.alpha", "must be in [0, 1]")
-        try require(distill.temperature > 0, "distill.temperature", "must be positive")
-        try require(distill.chunkTokens >= 1, "distill.chunk_tokens", "must be at least 1")
-        try require(data.maxSeqLen >= 2, "data.max_seq_len", "must be at least 2")
-        try require(train.maxSteps >= 0, "train.max_steps", "must not be negative")
-        try require(train.batchSize >= 1, "train.batch_size", "must be at least 1")
-        try require(train.gradAccumSteps >= 1, "train.grad_accum_steps", "must be at least 1")
+        try range(distill.temperature, "distill.temperature", 1e-3...1e3)
+        try range(distill.chunkTokens, "distill.chunk_tokens", 1...Limits.tokens)
+        try range(data.maxSeqLen, "data.max_seq_len", 2...Limits.sequence)
+        try range(train.maxSteps, "train.max_steps", 0...Limits.steps)
+        try range(train.batchSize, "train.batch_size", 1...Limits.batch)
+        try range(train.gradAccumSteps, "train.grad_accum_steps", 1...Limits.batch)
+        try require(train.batchSize * data.maxSeqLen <= Limits.tokens, "train.batch_size",
+                    "× data.max_seq_len (\(train.batchSize) × \(data.maxSeqLen)) must be at most \(Limits.tokens) tokens per micro-batch")
         try require(train.lr >= 0, "train.lr", "must not be negative")
-        try require(train.warmupSteps >= 0, "train.warmup_steps", "must not be negative")
+        try range(train.warmupSteps, "train.warmup_steps", 0...Limits.steps)
+        try require(train.weightDecay >= 0, "train.weight_decay", "must not be negative")
         try require(train.adamBeta1 >= 0 && train.adamBeta1 < 1, "train.adam_beta1", "must be in [0, 1)")
         try require(train.adamBeta2 >= 0 && train.adamBeta2 < 1, "train.adam_beta2", "must be in [0, 1)")
         try require(train.adamEps > 0, "train.adam_eps", "must be positive")
         try require(train.maxGradNorm >= 0, "train.max_grad_norm", "must not be negative")
-        try require(checkpoint.everySteps >= 0, "checkpoint.every_steps", "must not be negative")
-        try require(checkpoint.keepLast >= 1, "checkpoint.keep_last", "must be at least 1")
-        try require(log.everySteps >= 1, "log.every_steps", "must be at least 1")
+        try range(checkpoint.everySteps, "checkpoint.every_steps", 0...Limits.steps)
+        try range(checkpoint.keepLast, "checkpoint.keep_last", 1...Limits.steps)
+        try range(log.everySteps, "log.every_steps", 1...Limits.steps)
+    }
+
+    /// Bounds on run-config values: beyond any real run, and low enough that every count and size
+    /// derived from them fits an Int.
+    public enum Limits {
+        public static let threads = 1024
+        public static let devices = 1024
+        public static let steps = 1 << 40
+        public static let batch = 1 << 16
+        public static let sequence = 1 << 20
+        /// Tokens in one micro-batch (batch_size × max_seq_len), and in one loss chunk.
+        public static let tokens = 1 << 24
     }
 
     /// Fails when a required path is not set.

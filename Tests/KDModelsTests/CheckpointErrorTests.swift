@@ -124,7 +124,7 @@ import KDModels
         let offset = 8 + header.utf8.distance(from: header.startIndex, to: range.lowerBound)
         data.replaceSubrange(offset..<(offset + 5), with: Data("\"F8Z\"".utf8))
         try data.write(to: URL(fileURLWithPath: path))
-        #expect(Self.message { try Self.load(dir) }.contains("unsupported dtype F8Z (kd reads F32, BF16, F16)"))
+        #expect(Self.message { try Self.load(dir) }.contains("unsupported dtype 'F8Z' (kd reads F32, BF16, F16)"))
     }
 
     @Test func missingShardAndPickle() throws {
