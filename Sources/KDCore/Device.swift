@@ -27,7 +27,10 @@ public final class Device: @unchecked Sendable, CustomStringConvertible, Hashabl
 
     deinit {
         worker.stop()
-        for (_, buffers) in free { buffers.forEach { $0.pointer.deallocate() } }
+        for (size, buffers) in free {
+            buffers.forEach { $0.pointer.deallocate() }
+            Device.releaseMachineMemory(size * buffers.count)
+        }
     }
 
     public var description: String { "device \(id)" }
@@ -68,6 +71,12 @@ public final class Device: @unchecked Sendable, CustomStringConvertible, Hashabl
         }
         try reserve(size, what: "allocating")
         if let capacity { evict(while: { live + cached > capacity }) }
+        do {
+            try Device.reserveMachineMemory(size, for: self)
+        } catch {
+            evict(while: { cached > 0 })
+            do { try Device.reserveMachineMemory(size, for: self) } catch { live -= size; throw error }
+        }
         return (UnsafeMutableRawPointer.allocate(byteCount: size, alignment: 64), size)
     }
 
@@ -90,6 +99,7 @@ public final class Device: @unchecked Sendable, CustomStringConvertible, Hashabl
             free[oldest]!.removeFirst().pointer.deallocate()
             if free[oldest]!.isEmpty { free[oldest] = nil }
             cached -= oldest
+            Device.releaseMachineMemory(oldest)
         }
     }
 
@@ -110,6 +120,33 @@ public final class Device: @unchecked Sendable, CustomStringConvertible, Hashabl
         }
         live += bytes
         peak = max(peak, live)
+    }
+
+    // MARK: The machine's memory
+
+    /// Bytes allocated by all devices of this process, against the machine's memory: whatever the
+    /// budgets say, a request the machine cannot hold is an error, not a process killed later.
+    nonisolated(unsafe) private static var machineLive = 0
+    private static let machineLock = NSLock()
+
+    /// The physical memory of this machine.
+    public static let machineMemory: Int = {
+        let pages = sysconf(Int32(_SC_PHYS_PAGES)), size = sysconf(Int32(_SC_PAGESIZE))
+        return pages > 0 && size > 0 ? pages * size : Int.max
+    }()
+
+    private static func reserveMachineMemory(_ bytes: Int, for device: Device) throws {
+        try machineLock.withLock {
+            guard machineLive + bytes <= machineMemory else {
+                throw KDError("\(device): cannot allocate \(formatBytes(bytes)): with \(formatBytes(machineLive)) already "
+                    + "allocated it exceeds this machine's \(formatBytes(machineMemory)) of memory")
+            }
+            machineLive += bytes
+        }
+    }
+
+    private static func releaseMachineMemory(_ bytes: Int) {
+        machineLock.withLock { machineLive -= bytes }
     }
 
 

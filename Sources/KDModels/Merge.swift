@@ -11,6 +11,7 @@ public enum Merge {
         if fm.fileExists(atPath: output) && !replace {
             throw KDError("\(output): already exists (pass --force to replace it)")
         }
+        if replace { try requireReplaceableDirectory(output) }
         for name in adapters.keys.sorted() where base.tensors[name + ".weight"] == nil {
             throw KDError("\(base.directory): the adapter has '\(name)' but the model has no tensor '\(name).weight'")
         }

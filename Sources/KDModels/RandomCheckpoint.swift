@@ -30,6 +30,7 @@ public enum RandomCheckpoint {
         if fm.fileExists(atPath: directory) && !replace {
             throw KDError("\(directory): already exists (pass --force to replace it)")
         }
+        if replace { try requireReplaceableDirectory(directory) }
         var config = config
         config["torch_dtype"] = dtype == .f32 ? "float32" : "bfloat16"
         config.removeValue(forKey: "dtype")

@@ -47,3 +47,26 @@ extension RunConfig {
         return Dataset.detect(object) == .tokens
     }
 }
+
+extension RunConfig {
+    /// The ids every token must be below: the smaller of the two models' vocab_size, read from
+    /// their config.json (no weights are read), or nil when the models are not configured.
+    public func vocabularyBound() throws -> Int? {
+        guard !teacher.path.isEmpty, !student.path.isEmpty else { return nil }
+        return min(try MemoryPlan.spec(at: teacher.path).vocabSize, try MemoryPlan.spec(at: student.path).vocabSize)
+    }
+
+    /// Refuses a dataset with a token id or label the models cannot embed or score, naming the
+    /// file and line of the first, before any weight is read or any step is run.
+    public func checkVocabulary(_ dataset: Dataset) throws {
+        guard let bound = try vocabularyBound() else { return }
+        for example in dataset.examples {
+            if let i = example.inputIDs.firstIndex(where: { $0 < 0 || $0 >= bound }) {
+                throw KDError("\(dataset.path):\(example.line): token id \(example.inputIDs[i]) is outside the models' vocabulary (\(bound) ids)")
+            }
+            if let i = example.labels.firstIndex(where: { $0 != Example.ignored && ($0 < 0 || $0 >= bound) }) {
+                throw KDError("\(dataset.path):\(example.line): label \(example.labels[i]) is outside the models' vocabulary (\(bound) ids)")
+            }
+        }
+    }
+}

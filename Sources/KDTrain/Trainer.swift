@@ -124,6 +124,7 @@ public final class Trainer {
     public init(config: RunConfig, resumeFrom: String? = nil, onLoad: (String) -> Void = { _ in }) throws {
         self.config = config
         dataset = try config.loadDataset(config.data.train, key: "data.train")
+        try config.checkVocabulary(dataset)
         let models = try RunModels.load(config, onLoad: onLoad)
         self.models = models
         let student = models.student

@@ -19,6 +19,7 @@ struct DataCommand: KDCommand {
         let run = try RunConfig.load(path: config, overrides: overrides)
         guard split == "train" || split == "eval" else { throw KDError("--split must be train or eval") }
         let dataset = try run.loadDataset(split == "train" ? run.data.train : run.data.eval, key: "data.\(split)")
+        try run.checkVocabulary(dataset)
         guard stats else {
             for example in dataset.examples { Console.json(["input_ids": example.inputIDs, "labels": example.labels]) }
             return

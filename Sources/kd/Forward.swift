@@ -22,6 +22,7 @@ struct Forward: KDCommand {
     func execute() throws {
         try setThreads(threads)
         guard batchRows >= 1 else { throw KDError("--batch-rows must be at least 1") }
+        try requireReplaceableFile(output)
         let loadStart = ContinuousClock.now
         let lm = try loadModel(try Checkpoint(directory: model), devices: devices, adapter: adapter)
         let loadSeconds = (ContinuousClock.now - loadStart).seconds

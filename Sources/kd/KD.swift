@@ -1,4 +1,5 @@
 import ArgumentParser
+import Foundation
 
 @main
 struct KD: ParsableCommand {
@@ -10,13 +11,29 @@ struct KD: ParsableCommand {
                       Train.self, Export.self, Generate.self, Compare.self, Evaluate.self, Plot.self, ConfigCommand.self]
     )
 
-    /// `--resume` may stand alone (meaning auto); the parser needs it spelled out.
     static func main() {
+        // A file-size limit (ulimit -f) makes a write fail with EFBIG, reported like any other
+        // write error, instead of killing the process half-way through a file.
+        signal(SIGXFSZ, SIG_IGN)
+        // `--resume` may stand alone (meaning auto); the parser needs it spelled out.
         var arguments = Array(CommandLine.arguments.dropFirst())
         if let index = arguments.firstIndex(of: "--resume"),
            index + 1 == arguments.count || arguments[index + 1].hasPrefix("-") {
             arguments.insert("auto", at: index + 1)
         }
-        main(arguments)
+        do {
+            var command = try parseAsRoot(arguments)
+            try command.run()
+        } catch {
+            let code = exitCode(for: error)
+            // --help and --version print their text; errors that already printed theirs just exit.
+            if code == .success || error is ExitCode { exit(withError: error) }
+            // Usage errors: one line (the first of the parser's message), not the usage screen.
+            let message = message(for: error).split(separator: "\n").first.map(String.init) ?? "invalid arguments"
+            let subcommand = arguments.first.flatMap { name in configuration.subcommands.contains { $0._commandName == name } ? name + " " : nil }
+            Console.error((message.hasPrefix("Error: ") ? String(message.dropFirst("Error: ".count)) : message)
+                + " (see kd \(subcommand ?? "")--help)")
+            Foundation.exit(code.rawValue)
+        }
     }
 }

@@ -30,8 +30,28 @@ extension KDCommand {
 
 /// Human output goes to stderr; machine output (JSON) to stdout.
 enum Console {
+    /// One line, always: control characters are escaped and a message longer than a screenful
+    /// is cut, whatever input it echoes.
     static func error(_ message: String) {
-        FileHandle.standardError.write(Data("kd: error: \(message)\n".utf8))
+        FileHandle.standardError.write(Data("kd: error: \(oneLine(message))\n".utf8))
+    }
+
+    static func oneLine(_ message: String, limit: Int = 1000) -> String {
+        var out = ""
+        var count = 0
+        for scalar in message.unicodeScalars {
+            if count == limit {
+                out += "… (cut)"
+                break
+            }
+            count += 1
+            if scalar.value < 0x20 || scalar.value == 0x7F || scalar == "\u{2028}" || scalar == "\u{2029}" {
+                out += scalar == "\n" ? "\\n" : "\\u{\(String(scalar.value, radix: 16))}"
+            } else {
+                out.unicodeScalars.append(scalar)
+            }
+        }
+        return out
     }
 
     static func info(_ message: String) {
