@@ -141,10 +141,20 @@ class Magnitudes:
         return result
 
 
+def unpathed(config_path):
+    """Drops the generating machine's student path from a PEFT adapter_config.json, as adapter-init/ has none."""
+    with open(config_path) as f:
+        config = json.load(f)
+    config["base_model_name_or_path"] = None
+    with open(config_path, "w") as f:
+        f.write(json.dumps(config, indent=2, sort_keys=True))
+
+
 def save_state(peft_model, optimizer, params, step, directory):
     """The reference's adapter and AdamW moments after `step` steps, in kd's checkpoint layout."""
     peft_model.save_pretrained(directory)
     os.remove(os.path.join(directory, "README.md"))  # PEFT's model card; kd does not read it
+    unpathed(os.path.join(directory, "adapter_config.json"))
     moments = {}
     for name, p in params:
         state = optimizer.state[p]
