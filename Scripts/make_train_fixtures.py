@@ -4,9 +4,14 @@
 Each fixture holds a small random teacher (dense Qwen3 or Qwen3-MoE), a small dense student, a
 PEFT LoRA adapter on all seven projections with non-zero B (adapter-init/), tokens.jsonl (rows
 of input_ids with -100 prompt labels, of different lengths so batches are right-padded),
-run.yaml (the kd settings; the test supplies paths), and expected.safetensors: for steps 1 and 2
-the loss, kl_loss, ce_loss, grad_norm and every LoRA gradient before clipping, and every LoRA
-tensor after the two AdamW steps.
+run.yaml (the kd settings; the test supplies paths), expected.safetensors: for steps 1 and 2
+the loss, kl_loss, ce_loss, grad_norm, every LoRA gradient before clipping and its magnitude (see
+Magnitudes), and every LoRA tensor after the two AdamW steps; and torch-step-1/, the reference's
+state after step 1 in kd's checkpoint layout: adapter_model.safetensors and adapter_config.json as PEFT saves them, and
+optimizer.safetensors with AdamW's exp_avg and exp_avg_sq per LoRA matrix (named as kd names its
+optimizer slots; metadata step = 1). kd's trainer_state.json (step, data cursor, config hash) is
+not written here: the parity test takes it from kd's own step-1 checkpoint of the same run and
+resumes from this state, so step 2 is compared from identical parameters and moments.
 
 The reference is the KD step written plainly in torch: teacher logits under no_grad, the
 student's logits through PEFT, both shifted by one, KL(p_teacher/T || q_student/T) and CE over
@@ -91,6 +96,74 @@ def kd_key(name):
     return name.replace(".default", "")
 
 
+def kd_slot(name):
+    """kd's optimizer slot of a PEFT parameter: base_model.model.<linear>.lora_A.default.weight -> <linear>.lora_A."""
+    return kd_key(name).removeprefix("base_model.model.").removesuffix(".weight")
+
+
+class Magnitudes:
+    """The magnitude of every LoRA gradient element: the sum of the absolute values of the terms whose
+    sum it is. With s the scaling, X the adapter's inputs [tokens, in] and G = s·dY the gradient
+    reaching lora_B's output [tokens, out], grad A = (Bᵀ Gᵀ) X and grad B = Gᵀ (X Aᵀ), so the
+    magnitudes are (|B|ᵀ |G|ᵀ) |X| and |G|ᵀ (|X| |A|ᵀ), summed over the step's micro-batches. A sum
+    of non-negative terms has no cancellation, so f32 gives it to a relative n·2⁻²⁴."""
+
+    def __init__(self, model):
+        self.inputs, self.output_gradients = {}, {}
+        for name, module in model.named_modules():
+            if name.endswith(".lora_A.default"):
+                module.register_forward_hook(
+                    lambda _, args, __, key=name.removesuffix(".lora_A.default"):
+                    self.inputs.setdefault(key, []).append(args[0].detach().reshape(-1, args[0].shape[-1])))
+            elif name.endswith(".lora_B.default"):
+                module.register_full_backward_hook(
+                    lambda _, __, grads, key=name.removesuffix(".lora_B.default"):
+                    self.output_gradients.setdefault(key, []).append(grads[0].detach().reshape(-1, grads[0].shape[-1])))
+
+    def clear(self):
+        self.inputs.clear()
+        self.output_gradients.clear()
+
+    def of(self, params):
+        """The magnitudes of the step's gradients by PEFT key, checking that the signed sums are the gradients."""
+        weights = dict(params)
+        result = {}
+        for name, p in params:
+            key = name.split(".lora_")[0]
+            a, b = weights[key + ".lora_A.default.weight"].detach(), weights[key + ".lora_B.default.weight"].detach()
+            x, g = torch.cat(self.inputs[key]), torch.cat(self.output_gradients[key])
+            if ".lora_A." in name:
+                signed, magnitude = (b.T @ g.T) @ x, (b.abs().T @ g.abs().T) @ x.abs()
+            else:
+                signed, magnitude = g.T @ (x @ a.T), g.abs().T @ (x.abs() @ a.abs().T)
+            assert ((signed - p.grad).abs() <= 1e-4 * magnitude + 1e-12).all(), f"{name}: the terms do not sum to the gradient"
+            result[kd_key(name)] = magnitude.contiguous()
+        return result
+
+
+def unpathed(config_path):
+    """Drops the generating machine's student path from a PEFT adapter_config.json, as adapter-init/ has none."""
+    with open(config_path) as f:
+        config = json.load(f)
+    config["base_model_name_or_path"] = None
+    with open(config_path, "w") as f:
+        f.write(json.dumps(config, indent=2, sort_keys=True))
+
+
+def save_state(peft_model, optimizer, params, step, directory):
+    """The reference's adapter and AdamW moments after `step` steps, in kd's checkpoint layout."""
+    peft_model.save_pretrained(directory)
+    os.remove(os.path.join(directory, "README.md"))  # PEFT's model card; kd does not read it
+    unpathed(os.path.join(directory, "adapter_config.json"))
+    moments = {}
+    for name, p in params:
+        state = optimizer.state[p]
+        assert int(state["step"]) == step
+        moments[kd_slot(name) + ".exp_avg"] = state["exp_avg"].detach().clone().contiguous()
+        moments[kd_slot(name) + ".exp_avg_sq"] = state["exp_avg_sq"].detach().clone().contiguous()
+    save_file(moments, os.path.join(directory, "optimizer.safetensors"), metadata={"step": str(step)})
+
+
 def make(index, fixture):
     out = os.path.join(ROOT, fixture["name"])
     os.makedirs(out)
@@ -145,11 +218,13 @@ def make(index, fixture):
     optimizer = torch.optim.AdamW([p for _, p in params], lr=SETTINGS["lr"], betas=SETTINGS["betas"],
                                   eps=SETTINGS["eps"], weight_decay=SETTINGS["weight_decay"])
     expected = {}
+    magnitudes = Magnitudes(peft_model)
     micro = fixture["batch_size"]
     for step, step_rows in enumerate([rows[0:2], rows[2:4]], start=1):
         batches = [pad(step_rows[i:i + micro]) for i in range(0, len(step_rows), micro)]
         n = sum(int((labels[:, 1:] != -100).sum()) for _, labels, _ in batches)
         total_loss = total_kl = total_ce = 0.0
+        magnitudes.clear()
         for ids, labels, mask in batches:
             with torch.no_grad():
                 teacher_logits = teacher(input_ids=ids, attention_mask=mask).logits
@@ -161,10 +236,14 @@ def make(index, fixture):
             total_ce += ce.item()
         for name, p in params:
             expected[f"step{step}.grad.{kd_key(name)}"] = p.grad.detach().clone()
+        for key, magnitude in magnitudes.of(params).items():
+            expected[f"step{step}.magnitude.{key}"] = magnitude
         grad_norm = torch.nn.utils.clip_grad_norm_([p for _, p in params], SETTINGS["max_grad_norm"])
         assert grad_norm > SETTINGS["max_grad_norm"], "clipping must be active"
         optimizer.step()
         optimizer.zero_grad()
+        if step == 1:
+            save_state(peft_model, optimizer, params, step, os.path.join(out, "torch-step-1"))
         expected[f"step{step}.metrics"] = torch.tensor([total_loss, total_kl, total_ce, grad_norm.item()], dtype=torch.float64)
         print(f"{fixture['name']} step {step}: loss {total_loss:.6f} kl {total_kl:.6f} ce {total_ce:.6f} "
               f"grad_norm {grad_norm.item():.6f} N {n}")
