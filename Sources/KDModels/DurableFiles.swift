@@ -74,6 +74,7 @@ public func writeDirectoryAtomically(_ path: String, durable: Bool = false, _ bu
         var retired: String?
         if fm.fileExists(atPath: path) {
             let name = retiredName(path)
+            try? fm.removeItem(atPath: name)
             guard rename(path, name) == 0 else {
                 throw KDError("\(path): cannot move the old directory aside (\(errorText(errno)))")
             }
