@@ -14,7 +14,8 @@ struct Train: KDCommand {
             Writes <output_dir>/metrics.jsonl, checkpoint-<step>/ and final_model/. Metrics lines also go to stdout \
             with --json or when stdout is not a terminal; a terminal gets a progress bar on stderr. --resume (alone: \
             auto) continues from the newest complete checkpoint, or from DIR, bit-identically. SIGINT/SIGTERM \
-            finish the current step, write a checkpoint and exit 130/143.
+            finish the current step, write a checkpoint and exit 130/143. A run owns its output_dir while it \
+            lives (a lock on <output_dir>/.kd-lock, which holds its pid): a second run there is refused.
             """)
 
     @Option(help: "Run config YAML (- for stdin).") var config: String
