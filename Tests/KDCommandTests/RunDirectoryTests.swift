@@ -364,6 +364,6 @@ final class Flag: @unchecked Sendable {
 final class Findings: @unchecked Sendable {
     private let lock = NSLock()
     private var items: [String] = []
-    func add(_ item: String) { lock.withLock { items.append(item) } }
+    func add(_ item: String) { lock.withLock { if items.count < 5 { items.append(item) } } }
     var all: [String] { lock.withLock { items } }
 }
