@@ -112,11 +112,16 @@ public final class TrainingRun {
         let metricsFile = open(metricsPath, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o666)
         guard metricsFile >= 0 else { throw writeError(metricsPath, errno: errno) }
         defer { close(metricsFile) }
+        // A checkpoint on disk implies the metrics lines of its steps are on disk too.
+        let checkpoint = { [trainer, metricsPath] () throws -> String in
+            if fsync(metricsFile) != 0 { throw writeError(metricsPath, errno: errno) }
+            return try trainer.saveCheckpoint()
+        }
         var lastCheckpointStep = resumedFrom == nil ? -1 : trainer.step
         while trainer.step < config.train.maxSteps {
             if let signal = stopRequested() {
                 let path = lastCheckpointStep == trainer.step
-                    ? (outputDir as NSString).appendingPathComponent("checkpoint-\(trainer.step)") : try trainer.saveCheckpoint()
+                    ? (outputDir as NSString).appendingPathComponent("checkpoint-\(trainer.step)") : try checkpoint()
                 return .stopped(signal: signal, checkpoint: path)
             }
             var metrics: StepMetrics
@@ -138,11 +143,11 @@ public final class TrainingRun {
                 onStep(metrics)
             }
             if config.checkpoint.everySteps > 0 && metrics.step % config.checkpoint.everySteps == 0 {
-                try trainer.saveCheckpoint()
+                _ = try checkpoint()
                 lastCheckpointStep = metrics.step
             }
         }
-        if lastCheckpointStep != trainer.step { try trainer.saveCheckpoint() }
+        if lastCheckpointStep != trainer.step { _ = try checkpoint() }
         try writeFinalModel()
         return .finished
     }
