@@ -325,6 +325,7 @@ public final class Trainer {
             notes.append("the configuration differs from the checkpoint's in keys other than shapes: the resumed run "
                 + "will not match an uninterrupted one")
         }
+        try checkCursor(saved, file: (directory as NSString).appendingPathComponent(TrainingCheckpoint.stateName))
         let file = try SafetensorsFile(path: (directory as NSString).appendingPathComponent(PEFTAdapter.weightsName))
         for (name, adapter) in adapters where adapter.initial == nil {
             for (matrix, target) in [("A", adapter.a), ("B", adapter.b)] {
@@ -339,6 +340,25 @@ public final class Trainer {
         step = saved.step
         sampler = BatchSampler(count: dataset.examples.count, batchSize: config.train.batchSize,
                                shuffle: config.data.shuffle, seed: UInt64(config.run.seed), cursor: saved.cursor)
+    }
+}
+
+extension Trainer {
+    /// The saved data position must lie in this run's data: an index within data.train, and (when
+    /// the settings that decide the draws are unchanged) no more epochs than micro-batches drawn.
+    func checkCursor(_ saved: TrainerState, file: String) throws {
+        let count = dataset.examples.count
+        guard saved.cursor.index <= count else {
+            throw KDError("\(file): cursor.index \(saved.cursor.index) is past the end of data.train (\(count) records)")
+        }
+        var epochs = Int.max - 1
+        if saved.configHash == configHash {
+            let (draws, overflow) = saved.step.multipliedReportingOverflow(by: config.train.gradAccumSteps)
+            if !overflow { epochs = min(epochs, draws) }
+        }
+        guard saved.cursor.epoch <= epochs else {
+            throw KDError("\(file): cursor.epoch \(saved.cursor.epoch) is more epochs than step \(saved.step) can have drawn")
+        }
     }
 }
 

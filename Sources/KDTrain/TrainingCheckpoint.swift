@@ -34,64 +34,147 @@ public struct TrainerState: Codable, Equatable {
     }
 }
 
+extension TrainerState {
+    /// Checks what a checkpoint's state says about itself, naming `file` and the key at fault.
+    func validate(file: String) throws {
+        guard scheduler.maxSteps >= 0 else {
+            throw KDError("\(file): scheduler.max_steps \(scheduler.maxSteps) must not be negative")
+        }
+        guard step >= 0, step <= scheduler.maxSteps else {
+            throw KDError("\(file): step \(step) must be between 0 and scheduler.max_steps (\(scheduler.maxSteps))")
+        }
+        guard scheduler.warmupSteps >= 0 else {
+            throw KDError("\(file): scheduler.warmup_steps \(scheduler.warmupSteps) must not be negative")
+        }
+        guard scheduler.peakLR.isFinite, scheduler.lastLR.isFinite else {
+            throw KDError("\(file): scheduler.peak_lr and scheduler.last_lr must be finite numbers")
+        }
+        guard cursor.epoch >= 0, cursor.index >= 0 else {
+            throw KDError("\(file): cursor (epoch \(cursor.epoch), index \(cursor.index)) must not be negative")
+        }
+    }
+}
+
 public enum TrainingCheckpoint {
     public static let stateName = "trainer_state.json"
     public static let optimizerName = "optimizer.safetensors"
     public static let version = "0.1.0"
+    public static let prefix = "checkpoint-"
 
-    /// `checkpoint-<step>` directories in `outputDir` that are complete, newest last.
-    public static func complete(in outputDir: String) -> [(step: Int, path: String)] {
+    /// The step in a directory name `checkpoint-<digits>`, or nil for any other name.
+    public static func step(inName name: String) -> Int? {
+        guard name.hasPrefix(prefix) else { return nil }
+        let digits = name.dropFirst(prefix.count)
+        guard !digits.isEmpty, digits.allSatisfy({ $0.isASCII && $0.isNumber }) else { return nil }
+        return Int(digits)
+    }
+
+    /// Every `checkpoint-<step>` directory in `outputDir`, whole or not, oldest first.
+    public static func all(in outputDir: String) -> [(step: Int, path: String)] {
         let names = (try? FileManager.default.contentsOfDirectory(atPath: outputDir)) ?? []
         return names.compactMap { name -> (Int, String)? in
-            guard name.hasPrefix("checkpoint-"), let step = Int(name.dropFirst("checkpoint-".count)) else { return nil }
-            let path = (outputDir as NSString).appendingPathComponent(name)
-            let state = (path as NSString).appendingPathComponent(stateName)
-            return FileManager.default.fileExists(atPath: state) ? (step, path) : nil
+            guard let step = step(inName: name) else { return nil }
+            return (step, (outputDir as NSString).appendingPathComponent(name))
         }.sorted { $0.0 < $1.0 }
     }
 
+    /// `checkpoint-<step>` directories in `outputDir` that are complete (see `validate`), newest last.
+    public static func complete(in outputDir: String) -> [(step: Int, path: String)] {
+        all(in: outputDir).filter { (try? validate($0.path)) != nil }
+    }
+
+    /// The newest complete checkpoint in `outputDir`, and the newer ones passed over with the
+    /// reason each is not whole.
+    public static func newestComplete(in outputDir: String) -> (path: String?, skipped: [(path: String, reason: String)]) {
+        var skipped: [(path: String, reason: String)] = []
+        for candidate in all(in: outputDir).reversed() {
+            do {
+                _ = try validate(candidate.path)
+                return (candidate.path, skipped)
+            } catch {
+                skipped.append((candidate.path, String(describing: error)))
+            }
+        }
+        return (nil, skipped)
+    }
+
+    /// Checks that `directory` is a whole checkpoint: every file present and loadable (the adapter's
+    /// config and both safetensors headers valid, the trainer state decoded and consistent with
+    /// itself, the optimizer's step and the directory's name). Returns the state.
+    @discardableResult
+    public static func validate(_ directory: String) throws -> TrainerState {
+        let state = try readState(directory)
+        let statePath = (directory as NSString).appendingPathComponent(stateName)
+        if let named = step(inName: (directory as NSString).lastPathComponent), named != state.step {
+            throw KDError("\(statePath): step \(state.step) differs from the directory's name (step \(named))")
+        }
+        _ = try PEFTAdapter.settings(directory: directory)
+        _ = try SafetensorsFile(path: (directory as NSString).appendingPathComponent(PEFTAdapter.weightsName))
+        let optimizer = try SafetensorsFile(path: (directory as NSString).appendingPathComponent(optimizerName))
+        guard optimizer.metadata["step"] == String(state.step) else {
+            throw KDError("\(optimizer.path): metadata step \(optimizer.metadata["step"] ?? "absent") differs from "
+                + "\(stateName)'s step \(state.step)")
+        }
+        return state
+    }
+
     /// Writes a checkpoint atomically: everything into a temporary directory, each file flushed,
-    /// then one rename. Older complete checkpoints beyond `keepLast` are removed afterwards.
+    /// then one rename. Older complete checkpoints beyond `keepLast` are then removed, each first
+    /// renamed out of the `checkpoint-<step>` names so none is ever seen half deleted.
     public static func write(
         outputDir: String, step: Int, model: CausalLM, settings: LoRASettings, baseModel: String,
         optimizer: AdamW, state: TrainerState, keepLast: Int
     ) throws -> String {
-        let fm = FileManager.default
-        let final = (outputDir as NSString).appendingPathComponent("checkpoint-\(step)")
+        let final = (outputDir as NSString).appendingPathComponent("\(prefix)\(step)")
         try writeDirectoryAtomically(final, durable: true) { staging in
-            try PEFTAdapter.save(model, settings: settings, baseModel: baseModel, to: staging)
-            let writer = try SafetensorsWriter(
-                path: (staging as NSString).appendingPathComponent(optimizerName),
-                entries: optimizer.slots.flatMap { slot in
-                    [SafetensorsWriter.Entry(name: slot.name + ".exp_avg", dtype: .f32, shape: slot.parameter.shape),
-                     SafetensorsWriter.Entry(name: slot.name + ".exp_avg_sq", dtype: .f32, shape: slot.parameter.shape)]
-                }, metadata: ["step": String(optimizer.stepCount)])
-            for slot in optimizer.slots {
-                try writer.write(slot.exponentialAverage)
-                try writer.write(slot.exponentialAverageSquare)
+            try reportingWrites(to: (final as NSString).appendingPathComponent(PEFTAdapter.weightsName)) {
+                try PEFTAdapter.save(model, settings: settings, baseModel: baseModel, to: staging)
             }
-            try writer.finish()
+            try reportingWrites(to: (final as NSString).appendingPathComponent(optimizerName)) {
+                let writer = try SafetensorsWriter(
+                    path: (staging as NSString).appendingPathComponent(optimizerName),
+                    entries: optimizer.slots.flatMap { slot in
+                        [SafetensorsWriter.Entry(name: slot.name + ".exp_avg", dtype: .f32, shape: slot.parameter.shape),
+                         SafetensorsWriter.Entry(name: slot.name + ".exp_avg_sq", dtype: .f32, shape: slot.parameter.shape)]
+                    }, metadata: ["step": String(optimizer.stepCount)])
+                do {
+                    for slot in optimizer.slots {
+                        try writer.write(slot.exponentialAverage)
+                        try writer.write(slot.exponentialAverageSquare)
+                    }
+                    try writer.finish()
+                } catch {
+                    writer.discard()
+                    throw error
+                }
+            }
             let encoder = JSONEncoder()
             encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
             try writeDurably(try encoder.encode(state), to: (staging as NSString).appendingPathComponent(stateName))
         }
-        for old in complete(in: outputDir).dropLast(keepLast) { try? fm.removeItem(atPath: old.path) }
+        for old in complete(in: outputDir).dropLast(keepLast) where old.path != final {
+            try retireDirectory(old.path)
+        }
         return final
     }
 
-    /// Reads a checkpoint's state, checking it is complete.
+    /// Reads a checkpoint's state, checking it is complete and consistent with itself.
     public static func readState(_ directory: String) throws -> TrainerState {
         let path = (directory as NSString).appendingPathComponent(stateName)
         guard let data = FileManager.default.contents(atPath: path) else {
             throw KDError("\(directory): not a complete checkpoint (no \(stateName))")
         }
+        let state: TrainerState
         do {
-            return try JSONDecoder().decode(TrainerState.self, from: data)
+            state = try JSONDecoder().decode(TrainerState.self, from: data)
         } catch let error as DecodingError {
             throw KDError("\(path): \(ModelConfigurations.describe(error))")
+        } catch {
+            throw KDError("\(path): not valid JSON")
         }
+        try state.validate(file: path)
+        return state
     }
-
     /// Restores optimizer moments saved by `write`.
     public static func readOptimizer(_ directory: String, into optimizer: AdamW, step: Int) throws {
         let file = try SafetensorsFile(path: (directory as NSString).appendingPathComponent(optimizerName))

@@ -24,36 +24,71 @@ public final class TrainingRun {
     public let evalDataset: Dataset?
     public let resumedFrom: String?
     let metricsPath: String
+    /// Held for the life of the run (and so of the process).
+    let lock: RunDirectoryLock
     /// Called before clipping with each step's gradients (for checking against a reference).
     public var gradientSink: ((Int, [(name: String, tensor: Tensor)]) throws -> Void)?
 
+    /// Takes the output directory (see `RunDirectoryLock`) before reading or writing anything in it,
+    /// removes what an interrupted run left half-written, then loads the run and its checkpoint.
     public init(config: RunConfig, resume: Resume?, onNote: (String) -> Void) throws {
         outputDir = config.run.outputDir
         metricsPath = (outputDir as NSString).appendingPathComponent("metrics.jsonl")
-        let fm = FileManager.default
+        lock = try RunDirectoryLock(directory: outputDir)
+        for note in Self.removeLeftovers(in: outputDir) { onNote(note) }
         var from: String?
         switch resume {
         case .directory(let path):
+            try TrainingCheckpoint.validate(path)
             from = path
         case .auto:
-            from = TrainingCheckpoint.complete(in: outputDir).last?.path
+            let (newest, skipped) = TrainingCheckpoint.newestComplete(in: outputDir)
+            for (path, reason) in skipped { onNote("warning: skipping \(path), not a whole checkpoint: \(reason)") }
+            from = newest
             if from == nil { onNote("no checkpoint in \(outputDir): starting from step 0") }
         case nil:
-            if !TrainingCheckpoint.complete(in: outputDir).isEmpty || fm.fileExists(atPath: metricsPath) {
+            if !TrainingCheckpoint.all(in: outputDir).isEmpty || FileManager.default.fileExists(atPath: metricsPath) {
                 throw KDError("\(outputDir) already holds a run: resume it with --resume, or choose another run.output_dir")
             }
         }
-        if let from { _ = try TrainingCheckpoint.readState(from) }
         evalDataset = try config.data.eval.map { try config.loadDataset($0, key: "data.eval") }
         trainer = try Trainer(config: config, resumeFrom: from, onLoad: onNote)
         resumedFrom = from
         for note in trainer.notes { onNote(note) }
-        try fm.createDirectory(atPath: outputDir, withIntermediateDirectories: true)
-        // Staging directories of an interrupted checkpoint write are incomplete by construction.
-        for name in (try? fm.contentsOfDirectory(atPath: outputDir)) ?? [] where name.contains(".tmp-") {
-            try? fm.removeItem(atPath: (outputDir as NSString).appendingPathComponent(name))
-        }
         try truncateMetrics(after: trainer.step)
+    }
+
+    /// Removes the staging files and directories (`*.tmp-<pid>`) and the checkpoints being deleted
+    /// (`.*.deleting-<pid>`) that a run killed part-way left in `directory`, unless their process is
+    /// still alive (another kd command writing there). Returns one note per removal.
+    static func removeLeftovers(in directory: String) -> [String] {
+        let fm = FileManager.default
+        var notes: [String] = []
+        for name in ((try? fm.contentsOfDirectory(atPath: directory)) ?? []).sorted() {
+            guard let pid = leftoverOwner(name) else { continue }
+            if pid != getpid() && pid > 0 && (kill(pid, 0) == 0 || errno == EPERM) { continue }
+            let path = (directory as NSString).appendingPathComponent(name)
+            do {
+                try fm.removeItem(atPath: path)
+                notes.append("removed \(path), left by an interrupted run (pid \(pid))")
+            } catch {
+                notes.append("warning: cannot remove \(path), left by an interrupted run: \(describeFileError(error))")
+            }
+        }
+        return notes
+    }
+
+    /// The pid in a name ending `.tmp-<pid>`, or in `.<name>.deleting-<pid>`.
+    static func leftoverOwner(_ name: String) -> pid_t? {
+        for marker in [".tmp-", ".deleting-"] {
+            guard let range = name.range(of: marker, options: .backwards) else { continue }
+            if marker == ".deleting-" && !name.hasPrefix(".") { continue }
+            let digits = name[range.upperBound...]
+            guard !digits.isEmpty, digits.count <= 10, digits.allSatisfy({ $0.isASCII && $0.isNumber }),
+                  let pid = pid_t(digits) else { continue }
+            return pid
+        }
+        return nil
     }
 
     /// Keeps the metrics lines of steps up to `step`: steps after the checkpoint are rerun.
@@ -74,13 +109,19 @@ public final class TrainingRun {
     public func run(onStep: (StepMetrics) -> Void, stopRequested: () -> Int32?) throws -> Outcome {
         let config = trainer.config
         let start = ContinuousClock.now
-        let metricsFile = try openForAppending(metricsPath)
-        defer { try? metricsFile.close() }
+        let metricsFile = open(metricsPath, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o666)
+        guard metricsFile >= 0 else { throw writeError(metricsPath, errno: errno) }
+        defer { close(metricsFile) }
+        // A checkpoint on disk implies the metrics lines of its steps are on disk too.
+        let checkpoint = { [trainer, metricsPath] () throws -> String in
+            if fsync(metricsFile) != 0 { throw writeError(metricsPath, errno: errno) }
+            return try trainer.saveCheckpoint()
+        }
         var lastCheckpointStep = resumedFrom == nil ? -1 : trainer.step
         while trainer.step < config.train.maxSteps {
             if let signal = stopRequested() {
                 let path = lastCheckpointStep == trainer.step
-                    ? (outputDir as NSString).appendingPathComponent("checkpoint-\(trainer.step)") : try trainer.saveCheckpoint()
+                    ? (outputDir as NSString).appendingPathComponent("checkpoint-\(trainer.step)") : try checkpoint()
                 return .stopped(signal: signal, checkpoint: path)
             }
             var metrics: StepMetrics
@@ -97,15 +138,16 @@ public final class TrainingRun {
             metrics.elapsedSeconds = (ContinuousClock.now - start).seconds
             if metrics.step % config.log.everySteps == 0 || metrics.step == config.train.maxSteps {
                 let line = try JSONSerialization.data(withJSONObject: metrics.json, options: [.sortedKeys])
-                try metricsFile.write(contentsOf: line + Data("\n".utf8))
+                let failure = writeAll(metricsFile, line + Data("\n".utf8))
+                if failure != 0 { throw writeError(metricsPath, errno: failure) }
                 onStep(metrics)
             }
             if config.checkpoint.everySteps > 0 && metrics.step % config.checkpoint.everySteps == 0 {
-                try trainer.saveCheckpoint()
+                _ = try checkpoint()
                 lastCheckpointStep = metrics.step
             }
         }
-        if lastCheckpointStep != trainer.step { try trainer.saveCheckpoint() }
+        if lastCheckpointStep != trainer.step { _ = try checkpoint() }
         try writeFinalModel()
         return .finished
     }
@@ -124,8 +166,10 @@ public final class TrainingRun {
     public func writeFinalModel() throws {
         let config = trainer.config
         let final = (outputDir as NSString).appendingPathComponent("final_model")
-        try writeDirectoryAtomically(final) { staging in
-            try PEFTAdapter.save(trainer.student, settings: config.lora, baseModel: config.student.path, to: staging)
+        try writeDirectoryAtomically(final, durable: true) { staging in
+            try reportingWrites(to: (final as NSString).appendingPathComponent(PEFTAdapter.weightsName)) {
+                try PEFTAdapter.save(trainer.student, settings: config.lora, baseModel: config.student.path, to: staging)
+            }
             if config.checkpoint.saveMerged {
                 var adapters: [String: (a: Tensor, b: Tensor)] = [:]
                 for linear in trainer.student.linears { if let adapter = linear.adapter { adapters[linear.name] = (adapter.a, adapter.b) } }
@@ -134,11 +178,54 @@ public final class TrainingRun {
             }
         }
     }
+}
 
-    private func openForAppending(_ path: String) throws -> FileHandle {
-        if !FileManager.default.fileExists(atPath: path) { _ = FileManager.default.createFile(atPath: path, contents: nil) }
-        guard let handle = FileHandle(forWritingAtPath: path) else { throw KDError("\(path): cannot open for writing") }
-        try handle.seekToEnd()
-        return handle
+/// An advisory lock (flock) on `<output_dir>/.kd-lock`, which holds the owner's pid: one run per
+/// output directory. Taken before anything in the directory is read or written and held until the
+/// lock is released (the run ends, or the process dies: the kernel drops a dead process's flock,
+/// so a stale lock file never blocks).
+public final class RunDirectoryLock {
+    public static let name = ".kd-lock"
+    public let path: String
+    private let fd: Int32
+
+    public init(directory: String) throws {
+        do {
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        } catch {
+            throw KDError("\(directory): cannot create the output directory (\(describeFileError(error)))")
+        }
+        path = (directory as NSString).appendingPathComponent(Self.name)
+        let fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o666)
+        guard fd >= 0 else { throw KDError("\(path): cannot open the run's lock file (\(errorText(errno)))") }
+        while flock(fd, LOCK_EX | LOCK_NB) != 0 {
+            let reason = errno
+            if reason == EINTR { continue }
+            close(fd)
+            if reason == EWOULDBLOCK {
+                let holder = Self.holder(path).map { "pid \($0)" } ?? "pid unknown"
+                throw KDError("\(directory): another kd run (\(holder)) is using this output directory; "
+                    + "wait for it to end, or choose another run.output_dir")
+            }
+            throw KDError("\(path): cannot lock the output directory (\(errorText(reason)))")
+        }
+        self.fd = fd
+        // The pid is for people and for the refusal above; the lock itself is the flock.
+        if ftruncate(fd, 0) == 0 { _ = writeAll(fd, Data("\(getpid())\n".utf8)) }
+    }
+
+    deinit { close(fd) }
+
+    /// The pid written in the lock file. The holder writes it just after locking, so an empty file
+    /// is read again for a moment.
+    static func holder(_ path: String) -> Int32? {
+        for _ in 0..<100 {
+            if let data = FileManager.default.contents(atPath: path),
+               let pid = Int32(String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)) {
+                return pid
+            }
+            usleep(10_000)
+        }
+        return nil
     }
 }

@@ -14,7 +14,8 @@ struct Train: KDCommand {
             Writes <output_dir>/metrics.jsonl, checkpoint-<step>/ and final_model/. Metrics lines also go to stdout \
             with --json or when stdout is not a terminal; a terminal gets a progress bar on stderr. --resume (alone: \
             auto) continues from the newest complete checkpoint, or from DIR, bit-identically. SIGINT/SIGTERM \
-            finish the current step, write a checkpoint and exit 130/143.
+            finish the current step, write a checkpoint and exit 130/143. A run owns its output_dir while it \
+            lives (a lock on <output_dir>/.kd-lock, which holds its pid): a second run there is refused.
             """)
 
     @Option(help: "Run config YAML (- for stdin).") var config: String
@@ -25,19 +26,31 @@ struct Train: KDCommand {
     var saveGradients = false
 
     func execute() throws {
+        // A file-size limit (ulimit -f) then fails the write with EFBIG, reported with its path,
+        // instead of killing kd with SIGXFSZ part-way through a file.
+        signal(SIGXFSZ, SIG_IGN)
         let run = try RunConfig.load(path: config, overrides: overrides)
         let resumeMode: TrainingRun.Resume? = resume.map { $0 == "auto" ? .auto : .directory($0) }
         let training = try TrainingRun(config: run, resume: resumeMode) { Console.info($0) }
         if let from = training.resumedFrom { Console.info("resuming from \(from) at step \(training.trainer.step)") }
         if saveGradients {
             let directory = (run.run.outputDir as NSString).appendingPathComponent("gradients")
-            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+            try reportingWrites(to: directory) {
+                try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+            }
             training.gradientSink = { step, gradients in
-                let writer = try SafetensorsWriter(
-                    path: (directory as NSString).appendingPathComponent("step-\(step).safetensors"),
-                    entries: gradients.map { .init(name: $0.name, dtype: .f32, shape: $0.tensor.shape) })
-                for (_, tensor) in gradients { try writer.write(tensor) }
-                try writer.finish()
+                let path = (directory as NSString).appendingPathComponent("step-\(step).safetensors")
+                try reportingWrites(to: path) {
+                    let writer = try SafetensorsWriter(
+                        path: path, entries: gradients.map { .init(name: $0.name, dtype: .f32, shape: $0.tensor.shape) })
+                    do {
+                        for (_, tensor) in gradients { try writer.write(tensor) }
+                        try writer.finish()
+                    } catch {
+                        writer.discard()
+                        throw error
+                    }
+                }
             }
         }
         installStopHandlers()
