@@ -9,13 +9,13 @@ public enum InputFile {
         let fd = Glibc.open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC)
         guard fd >= 0 else {
             let code = errno
-            throw KDError("\(path): \(code == ENOENT || code == ENOTDIR ? "no such file" : String(cString: strerror(code)))")
+            throw KDError("\(path): \(code == ENOENT || code == ENOTDIR ? "no such file" : errorText(code))")
         }
         var info = stat()
         guard fstat(fd, &info) == 0 else {
             let code = errno
             close(fd)
-            throw KDError("\(path): cannot stat (\(String(cString: strerror(code))))")
+            throw KDError("\(path): cannot stat (\(errorText(code)))")
         }
         let kind = info.st_mode & S_IFMT
         guard kind == S_IFREG else {
@@ -40,7 +40,7 @@ public enum InputFile {
             while done < size {
                 let n = Glibc.read(fd, buffer.baseAddress! + done, size - done)
                 if n < 0 && errno == EINTR { continue }
-                guard n >= 0 else { throw KDError("\(path): cannot read (\(String(cString: strerror(errno))))") }
+                guard n >= 0 else { throw KDError("\(path): cannot read (\(errorText(errno)))") }
                 if n == 0 { break }  // shrank while being read
                 done += n
             }
@@ -58,14 +58,16 @@ public enum InputFile {
 /// A file being written, through plain POSIX calls so that every failure (a full disk, a file-size
 /// limit, a read-only file system) is one KDError naming the file and the system's reason.
 public final class OutputFile {
+    /// The file the errors name: the destination, when this is its temporary sibling.
     public let path: String
     private var fd: Int32
 
-    /// Creates (or truncates) the file at `path`, which must not be anything but a regular file.
-    public init(creating path: String) throws {
-        self.path = path
-        fd = Glibc.open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0o644)
-        guard fd >= 0 else { throw KDError("\(path): cannot create file (\(String(cString: strerror(errno))))") }
+    /// Creates (or truncates) the file at `location`, which must not be anything but a regular
+    /// file; errors name `path` (by default the same).
+    public init(creating location: String, naming path: String? = nil) throws {
+        self.path = path ?? location
+        fd = Glibc.open(location, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0o644)
+        guard fd >= 0 else { throw KDError("\(path): cannot create file (\(errorText(errno)))") }
         var info = stat()
         if fstat(fd, &info) == 0 && info.st_mode & S_IFMT != S_IFREG {
             Glibc.close(fd)
@@ -77,13 +79,8 @@ public final class OutputFile {
     deinit { if fd >= 0 { Glibc.close(fd) } }
 
     public func write(_ bytes: UnsafeRawBufferPointer) throws {
-        var done = 0
-        while done < bytes.count {
-            let n = Glibc.write(fd, bytes.baseAddress! + done, bytes.count - done)
-            if n < 0 && errno == EINTR { continue }
-            guard n > 0 else { throw KDError("\(path): cannot write (\(String(cString: strerror(n < 0 ? errno : ENOSPC))))") }
-            done += n
-        }
+        let failure = writeAll(fd, bytes)
+        guard failure == 0 else { throw KDError("\(path): cannot write (\(errorText(failure)))") }
     }
 
     public func write(_ data: Data) throws {
@@ -97,9 +94,9 @@ public final class OutputFile {
         if fsync(fd) != 0 {
             let code = errno
             Glibc.close(fd)
-            throw KDError("\(path): cannot flush to disk (\(String(cString: strerror(code))))")
+            throw KDError("\(path): cannot flush to disk (\(errorText(code)))")
         }
-        if Glibc.close(fd) != 0 { throw KDError("\(path): cannot close (\(String(cString: strerror(errno))))") }
+        if Glibc.close(fd) != 0 { throw KDError("\(path): cannot close (\(errorText(errno)))") }
     }
 }
 
@@ -134,4 +131,30 @@ public func requireReplaceableDirectory(_ path: String, markers: [String] = ["co
     guard !held.isEmpty else {
         throw KDError("\(path): holds no \(markers.joined(separator: " or ")), so kd did not write it; --force replaces only a directory kd wrote")
     }
+}
+
+/// Writes all of `bytes` to the open file `fd`: 0, or the errno that stopped it.
+public func writeAll(_ fd: Int32, _ bytes: UnsafeRawBufferPointer) -> Int32 {
+    guard let base = bytes.baseAddress else { return 0 }
+    var offset = 0
+    while offset < bytes.count {
+        let written = Glibc.write(fd, base + offset, bytes.count - offset)
+        if written < 0 {
+            if errno == EINTR { continue }
+            return errno
+        }
+        if written == 0 { return ENOSPC }
+        offset += written
+    }
+    return 0
+}
+
+public func writeAll(_ fd: Int32, _ data: Data) -> Int32 {
+    data.withUnsafeBytes { writeAll(fd, $0) }
+}
+
+/// The system's text for an errno, starting in lower case ("file too large").
+public func errorText(_ code: Int32) -> String {
+    let text = String(cString: strerror(code))
+    return text.prefix(1).lowercased() + text.dropFirst()
 }

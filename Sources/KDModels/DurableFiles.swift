@@ -14,36 +14,18 @@ public func writeJSON(_ object: Any, to path: String) throws {
 /// Writes `data` beside `path`, fsyncs it and renames it into place.
 public func writeDurably(_ data: Data, to path: String) throws {
     let temporary = path + ".tmp-\(getpid())"
-    let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o666)
-    guard fd >= 0 else { throw writeError(path, errno: errno) }
-    var failure = writeAll(fd, data)
-    if failure == 0 && fsync(fd) != 0 { failure = errno }
-    if close(fd) != 0 && failure == 0 { failure = errno }
-    if failure != 0 {
+    do {
+        let file = try OutputFile(creating: temporary, naming: path)
+        try file.write(data)
+        try file.close()
+    } catch {
         unlink(temporary)
-        throw writeError(path, errno: failure)
+        throw error
     }
     if rename(temporary, path) != 0 {
         let reason = errno
         unlink(temporary)
         throw KDError("\(path): cannot rename into place (\(errorText(reason)))")
-    }
-}
-
-/// Appends `data` to the open file `fd` (the whole of it, or the errno that stopped it; 0 when written).
-public func writeAll(_ fd: Int32, _ data: Data) -> Int32 {
-    data.withUnsafeBytes { buffer -> Int32 in
-        guard let base = buffer.baseAddress else { return 0 }
-        var offset = 0
-        while offset < buffer.count {
-            let written = write(fd, base + offset, buffer.count - offset)
-            if written < 0 {
-                if errno == EINTR { continue }
-                return errno
-            }
-            offset += written
-        }
-        return 0
     }
 }
 
@@ -144,12 +126,6 @@ public func writeError(_ path: String, errno code: Int32) -> KDError {
 
 public func writeError(_ path: String, _ error: Error) -> KDError {
     KDError("\(path): cannot write (\(describeFileError(error)))")
-}
-
-/// The system's text for an errno, starting in lower case ("file too large").
-public func errorText(_ code: Int32) -> String {
-    let text = String(cString: strerror(code))
-    return text.prefix(1).lowercased() + text.dropFirst()
 }
 
 /// The errno text behind a Foundation or POSIX file error when there is one, else its description

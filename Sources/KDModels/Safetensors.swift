@@ -34,7 +34,7 @@ final class MappedFile: @unchecked Sendable {
         // Private and writable so a borrowed f32 tensor can have a mutable pointer type; kd never
         // writes through it, so no page is ever copied.
         guard let mapped = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0), mapped != MAP_FAILED else {
-            throw KDError("\(path): cannot memory-map (\(String(cString: strerror(errno))))")
+            throw KDError("\(path): cannot memory-map (\(errorText(errno)))")
         }
         base = mapped
     }
@@ -302,7 +302,7 @@ public final class SafetensorsWriter {
         self.entries = entries
         try requireReplaceableFile(path)
         temporaryPath = path + ".tmp-\(getpid())"
-        handle = try OutputFile(creating: temporaryPath)
+        handle = try OutputFile(creating: temporaryPath, naming: path)
         var header: [String: Any] = [:]
         if !metadata.isEmpty { header["__metadata__"] = metadata }
         var offset = 0
@@ -386,7 +386,7 @@ public final class SafetensorsWriter {
         try handle.close()
         try requireReplaceableFile(path)
         guard rename(temporaryPath, path) == 0 else {
-            throw KDError("\(path): cannot rename into place (\(String(cString: strerror(errno))))")
+            throw KDError("\(path): cannot rename into place (\(errorText(errno)))")
         }
     }
 

@@ -52,6 +52,7 @@ public final class TrainingRun {
             }
         }
         evalDataset = try config.data.eval.map { try config.loadDataset($0, key: "data.eval") }
+        if let evalDataset { try config.checkVocabulary(evalDataset) }
         trainer = try Trainer(config: config, resumeFrom: from, onLoad: onNote)
         resumedFrom = from
         for note in trainer.notes { onNote(note) }

@@ -26,9 +26,6 @@ struct Train: KDCommand {
     var saveGradients = false
 
     func execute() throws {
-        // A file-size limit (ulimit -f) then fails the write with EFBIG, reported with its path,
-        // instead of killing kd with SIGXFSZ part-way through a file.
-        signal(SIGXFSZ, SIG_IGN)
         let run = try RunConfig.load(path: config, overrides: overrides)
         let resumeMode: TrainingRun.Resume? = resume.map { $0 == "auto" ? .auto : .directory($0) }
         let training = try TrainingRun(config: run, resume: resumeMode) { Console.info($0) }
