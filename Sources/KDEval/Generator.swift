@@ -19,7 +19,7 @@ public struct StopCondition: Sendable {
         var ids = Set(spec.eosTokenIDs)
         if let eos = tokenizer?.eosID { ids.insert(eos) }
         let path = (modelDirectory as NSString).appendingPathComponent("generation_config.json")
-        if let data = FileManager.default.contents(atPath: path),
+        if let data = try? InputFile.read(path, limit: 1 << 24),
            let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any] {
             if let one = object["eos_token_id"] as? Int { ids.insert(one) }
             if let many = object["eos_token_id"] as? [Int] { ids.formUnion(many) }

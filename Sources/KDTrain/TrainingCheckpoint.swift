@@ -161,9 +161,8 @@ public enum TrainingCheckpoint {
     /// Reads a checkpoint's state, checking it is complete and consistent with itself.
     public static func readState(_ directory: String) throws -> TrainerState {
         let path = (directory as NSString).appendingPathComponent(stateName)
-        guard let data = FileManager.default.contents(atPath: path) else {
-            throw KDError("\(directory): not a complete checkpoint (no \(stateName))")
-        }
+        guard InputFile.exists(path) else { throw KDError("\(directory): not a complete checkpoint (no \(stateName))") }
+        let data = try InputFile.read(path, limit: 1 << 24)
         let state: TrainerState
         do {
             state = try JSONDecoder().decode(TrainerState.self, from: data)

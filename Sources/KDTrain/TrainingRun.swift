@@ -94,7 +94,8 @@ public final class TrainingRun {
 
     /// Keeps the metrics lines of steps up to `step`: steps after the checkpoint are rerun.
     func truncateMetrics(after step: Int) throws {
-        guard let data = FileManager.default.contents(atPath: metricsPath) else { return }
+        guard InputFile.exists(metricsPath) else { return }
+        let data = try InputFile.read(metricsPath)
         let kept = data.split(separator: UInt8(ascii: "\n")).filter { line in
             guard let object = try? JSONSerialization.jsonObject(with: Data(line)) as? [String: Any],
                   let lineStep = object["step"] as? Int else { return false }

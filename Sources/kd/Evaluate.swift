@@ -117,7 +117,7 @@ struct Plot: KDCommand {
 
     func execute() throws {
         var isDirectory: ObjCBool = false
-        FileManager.default.fileExists(atPath: run, isDirectory: &isDirectory)
+        _ = FileManager.default.fileExists(atPath: run, isDirectory: &isDirectory)
         let metrics = isDirectory.boolValue ? (run as NSString).appendingPathComponent("metrics.jsonl") : run
         let target = output ?? ((isDirectory.boolValue ? run : (run as NSString).deletingLastPathComponent) as NSString)
             .appendingPathComponent("metrics.svg")

@@ -1,4 +1,5 @@
 import Foundation
+import KDCore
 import Testing
 
 /// The fault campaign's examples, end to end through the `kd` binary: each bad input ends in
@@ -132,5 +133,21 @@ import Testing
         let train = try KDProcess.run(["train"] + settings)
         Self.oneLine(train)
         #expect(!FileManager.default.fileExists(atPath: dir + "/run/checkpoint-1"))
+    }
+
+    /// Work the machine cannot hold is an error before it is attempted, not a process the kernel kills.
+    @Test func requestsBeyondTheMachinesMemoryAreRefused() throws {
+        let dir = KDProcess.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let model = KDProcess.fixtures + "/forward/dense-tied-gqa"
+        try ("{\"input_ids\": [" + Array(repeating: "5", count: 100_000).joined(separator: ",") + "]}\n")
+            .write(toFile: dir + "/long.jsonl", atomically: true, encoding: .utf8)
+        let forward = try KDProcess.run(["forward", "--model", model, "--tokens", dir + "/long.jsonl", "--output", dir + "/out.safetensors"])
+        #expect(forward.status == 1)
+        #expect(forward.stderr.hasSuffix("exceeds this machine's \(formatBytes(Device.machineMemory)) of memory\n"), "\(forward.stderr)")
+        #expect(try FileManager.default.contentsOfDirectory(atPath: dir) == ["long.jsonl"])
+        let generate = try KDProcess.run(["generate", "--model", model, "--prompt-ids", "1,2,3", "--max-new-tokens", "1000000000"])
+        Self.oneLine(generate)
+        #expect(generate.stderr.contains("cannot allocate"))
     }
 }
