@@ -53,9 +53,12 @@ public enum FuzzEnvironment {
         parts.reduce(repositoryRoot) { ($0 as NSString).appendingPathComponent($1) }
     }
 
-    /// A directory of this process's for the files a parser reads (tmpfs when there is one).
+    /// A directory of this process's for the files a parser reads: in `KD_FUZZ_SCRATCH`, else on
+    /// tmpfs when there is one.
     public static let scratch: String = {
-        let base = FileManager.default.fileExists(atPath: "/dev/shm") ? "/dev/shm" : NSTemporaryDirectory()
+        let environment = ProcessInfo.processInfo.environment["KD_FUZZ_SCRATCH"] ?? ""
+        let base = !environment.isEmpty ? environment
+            : FileManager.default.fileExists(atPath: "/dev/shm") ? "/dev/shm" : NSTemporaryDirectory()
         let path = (base as NSString).appendingPathComponent("kd-fuzz-\(getpid())")
         try? FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
         return path

@@ -90,7 +90,7 @@ public struct Mutator {
         "0.5", "1.5", "-0.5", "1e19", "NaN", "Infinity", "-Infinity", "0x10", "1_000", "077",
     ]
 
-    static let interestingTokens: [String] = interestingNumbers + [
+    public static let interestingTokens: [String] = interestingNumbers + [
         "null", "true", "false", "\"\"", "[]", "{}", "[[]]", "{\"\":{}}", "\"\\u0000\"", "\"\\ud800\"", "~", "!!binary",
         "&a", "*a", "<<", "- ", ": ", "\n", "\t", "#", "\"", "'", "\\", ",", ":", "{", "}", "[", "]", "=", ".", "---",
         "...", "\u{FEFF}", "é", "\u{301}", "😀", "\u{0}",

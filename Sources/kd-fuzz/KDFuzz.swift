@@ -29,12 +29,23 @@ enum Command {
             } catch {
                 fail("\(folder): cannot create directory")
             }
-            let seeds = FuzzSeeds.seeds(for: target)
+            let seeds = FuzzSeeds.seeds(for: target, small: true)  // libFuzzer's max_len follows the largest
             for (k, seed) in seeds.enumerated() {
                 let path = (folder as NSString).appendingPathComponent(String(format: "seed-%03d", k))
                 guard FileManager.default.createFile(atPath: path, contents: Data(seed)) else { fail("\(path): cannot write") }
             }
-            print("\(target.rawValue): \(seeds.count) seeds in \(folder)")
+            // A libFuzzer dictionary: boundary numbers and tokens, and every JSON key of the seeds.
+            let tokens = Mutator.interestingTokens + Mutator(seed: 0, corpus: seeds).keys.map { "\"\($0)\"" }
+            let dictionary = tokens.map { token in
+                "\"" + token.utf8.map { byte in
+                    byte == 0x22 || byte == 0x5C || byte < 0x20 || byte >= 0x7F ? String(format: "\\x%02X", byte) : String(UnicodeScalar(byte))
+                }.joined() + "\""
+            }.joined(separator: "\n") + "\n"
+            let dictionaryPath = folder + ".dict"
+            guard FileManager.default.createFile(atPath: dictionaryPath, contents: Data(dictionary.utf8)) else {
+                fail("\(dictionaryPath): cannot write")
+            }
+            print("\(target.rawValue): \(seeds.count) seeds in \(folder), dictionary \(dictionaryPath)")
         }
     }
 
@@ -119,8 +130,7 @@ func fuzzMain(_ argc: CInt, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<CC
             break
         }
     }
-    _ = selectedTarget
-    _ = FuzzEnvironment.qwen3  // loaded once, before the clock starts
+    if selectedTarget == .jsonl { _ = FuzzEnvironment.qwen3 }  // loaded once, before the clock starts
     // libFuzzer sees the arguments without the target name.
     var rest: [UnsafeMutablePointer<CChar>?] = [argv?[0]]
     let skip = arguments.count >= 2 && FuzzTarget(rawValue: arguments[1]) != nil ? 2 : 1

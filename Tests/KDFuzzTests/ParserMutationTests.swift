@@ -8,12 +8,16 @@ import KDFuzzSupport
 /// ends the test process, so reaching the end is the assertion; the input that was running is
 /// then in the file the test prints first (`kd-fuzz TARGET FILE` replays it).
 ///
-/// Mutants per target and their time in a release build on 2 cores (the numbers to keep in mind
-/// when changing them): 3000 each; safetensors ~1 s, config, run-yaml, trainer-state and
-/// tokenizer well under 1 s, jsonl ~2 s (it also builds datasets with the Qwen3 tokenizer, loaded
-/// once), peft ~1 s. Scripts/fuzz.sh runs the same targets under libFuzzer for longer.
+/// Mutants per target (`mutants`) and their time in a release build on 2 shared cores, measured
+/// with `kd-fuzz TARGET --mutate N` (the same runs) where the parser survives today: config
+/// 3000 in ~0.1 s, run-yaml 3000 in ~2.3 s (Yams), trainer-state 3000 in ~0.7 s, jsonl 2000 in
+/// ~3 s plus ~2.5 s to load the Qwen3 tokenizer once (each mutant also builds two datasets).
+/// safetensors, tokenizer and peft trap within their first few hundred mutants on today's code
+/// (see the report of the branch); at 3000 they are budgeted at about 1 s each. The mutator's
+/// large inserts stop at 4 KiB so a mutant parses in milliseconds. Scripts/fuzz.sh runs the
+/// same targets under libFuzzer for longer.
 @Suite(.serialized) struct ParserMutationTests {
-    static let mutants = 3000
+    static func mutants(_ target: FuzzTarget) -> Int { target == .jsonl ? 2000 : 3000 }
 
     static func run(_ target: FuzzTarget, seed: UInt64 = 0x6B64_2D66_757A_7A00) -> MutationRun.Summary {
         let seeds = FuzzSeeds.seeds(for: target, small: true)
@@ -21,7 +25,7 @@ import KDFuzzSupport
         // On stderr, unbuffered: it must be out before a crash.
         FileHandle.standardError.write(Data(
             "\(target.rawValue): \(seeds.count) seeds; each mutant is written to \(run.lastInputPath) before it runs\n".utf8))
-        let summary = run.run(mutants: mutants, seed: seed)
+        let summary = run.run(mutants: mutants(target), seed: seed)
         print(summary)
         return summary
     }
@@ -29,7 +33,7 @@ import KDFuzzSupport
     /// The seeds are inputs kd accepts, so a run that rejects everything is not testing the parser.
     static func check(_ summary: MutationRun.Summary, seeds: Int) {
         #expect(seeds > 0)
-        #expect(summary.mutants == seeds + mutants)
+        #expect(summary.mutants == seeds + mutants(summary.target))
         #expect(summary.accepted >= seeds, "the seeds themselves parse")
         #expect(summary.rejected > 0, "mutants reach the error paths")
     }
