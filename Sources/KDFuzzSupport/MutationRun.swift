@@ -38,10 +38,11 @@ public struct MutationRun {
     public func run(mutants: Int, seed: UInt64) -> Summary {
         var summary = Summary(target: target)
         var mutator = Mutator(seed: seed, corpus: seeds)
+        try? FileManager.default.createDirectory(atPath: FuzzEnvironment.scratch, withIntermediateDirectories: true)
         let start = Date()
         for k in 0..<(seeds.count + mutants) {
             let input = k < seeds.count ? seeds[k] : mutator.mutate(seeds[k % seeds.count], corpus: seeds)
-            FileManager.default.createFile(atPath: lastInputPath, contents: Data(input))
+            _ = FileManager.default.createFile(atPath: lastInputPath, contents: Data(input))
             let began = Date()
             switch target.run(Data(input)) {
             case .accepted: summary.accepted += 1
@@ -57,7 +58,7 @@ public struct MutationRun {
             summary.mutants += 1
         }
         summary.seconds = Date().timeIntervalSince(start)
-        try? FileManager.default.removeItem(atPath: lastInputPath)
+        FuzzEnvironment.removeScratch()  // survived: nothing to keep
         return summary
     }
 }

@@ -80,7 +80,7 @@ enum Command {
         let summary = run.run(mutants: count, seed: seed)
         print(summary)
         if let path = ProcessInfo.processInfo.environment["KD_FUZZ_SLOWEST"] {
-            FileManager.default.createFile(atPath: path, contents: Data(summary.slowestInput))
+            _ = FileManager.default.createFile(atPath: path, contents: Data(summary.slowestInput))
         }
     }
 
