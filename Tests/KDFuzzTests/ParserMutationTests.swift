@@ -12,8 +12,9 @@ import KDFuzzSupport
 /// with `kd-fuzz TARGET --mutate N` (the same runs) where the parser survives today: config
 /// 3000 in ~0.1 s, run-yaml 3000 in ~2.3 s (Yams), trainer-state 3000 in ~0.7 s, jsonl 2000 in
 /// ~3 s plus ~2.5 s to load the Qwen3 tokenizer once (each mutant also builds two datasets).
-/// safetensors, tokenizer and peft trap within their first few hundred mutants on today's code
-/// (see the report of the branch); at 3000 they are budgeted at about 1 s each. The mutator's
+/// safetensors, config, tokenizer and peft trap on today's code (header length >= 2^63, a
+/// num_hidden_layers of 2^32 or Int.max, vocabulary ids of 2^32-1 or Int.max - the tokenizer only
+/// after ~45 s of allocating); once fixed they are budgeted at about 1 s each. The mutator's
 /// large inserts stop at 4 KiB so a mutant parses in milliseconds. Scripts/fuzz.sh runs the
 /// same targets under libFuzzer for longer.
 @Suite(.serialized) struct ParserMutationTests {
