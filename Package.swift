@@ -64,11 +64,17 @@ let package = Package(
             ],
             swiftSettings: settings
         ),
+        // Fuzz targets for the parsers of kd's input files, shared by kd-fuzz and the mutation tests.
+        .target(name: "KDFuzzSupport", dependencies: ["KDCore", "KDModels", "KDText", "KDTrain"], swiftSettings: settings),
+        // A corpus replayer and mutator; a libFuzzer binary when built by Scripts/fuzz.sh (-DFUZZING).
+        .executableTarget(name: "kd-fuzz", dependencies: ["KDFuzzSupport"], swiftSettings: settings),
         .testTarget(name: "KDCoreTests", dependencies: ["KDCore"], swiftSettings: settings),
         .testTarget(name: "KDModelsTests", dependencies: ["KDCore", "KDModels"], swiftSettings: settings),
         .testTarget(name: "KDTextTests", dependencies: ["KDCore", "KDText"], swiftSettings: settings),
         .testTarget(name: "KDTrainTests", dependencies: ["KDCore", "KDModels", "KDTrain"], swiftSettings: settings),
         .testTarget(name: "KDEvalTests", dependencies: ["KDCore", "KDModels", "KDText", "KDEval"], swiftSettings: settings),
+        // Thousands of deterministic mutants per parser: each returns or throws, never traps.
+        .testTarget(name: "KDFuzzTests", dependencies: ["KDCore", "KDFuzzSupport"], swiftSettings: settings),
         // Runs the built `kd` binary: exit codes, stdout/stderr, end-to-end files.
         .testTarget(name: "KDCommandTests", dependencies: ["kd", "KDCore", "KDModels"], swiftSettings: settings),
     ]
