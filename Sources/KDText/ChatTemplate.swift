@@ -28,7 +28,7 @@ public struct ChatMessage: Equatable, Sendable {
         guard let object = json as? [String: Any] else { throw KDError("a message must be a JSON object") }
         guard let role = object["role"] as? String else { throw KDError("a message needs a string \"role\"") }
         guard ChatMessage.roles.contains(role) else {
-            throw KDError("unknown role '\(role)' (expected one of \(ChatMessage.roles.joined(separator: ", ")))")
+            throw KDError("unknown role \(quoted(role, limit: 40)) (expected one of \(ChatMessage.roles.joined(separator: ", ")))")
         }
         let content: String
         switch object["content"] {
@@ -49,7 +49,7 @@ public struct ChatMessage: Equatable, Sendable {
                 let call = entry["function"] as? [String: Any] ?? entry
                 guard let name = call["name"] as? String else { throw KDError("a tool call needs a string \"name\"") }
                 guard let arguments = call["arguments"] as? String else {
-                    throw KDError("tool call '\(name)': \"arguments\" must be a JSON-encoded string")
+                    throw KDError("tool call \(quoted(name, limit: 40)): \"arguments\" must be a JSON-encoded string")
                 }
                 return ToolCall(name: name, arguments: arguments)
             }
