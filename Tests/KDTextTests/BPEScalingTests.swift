@@ -91,3 +91,44 @@ import KDCore
         #expect(tokenizer.cacheCount == before)
     }
 }
+
+/// Records with long runs of combining marks out of canonical order, where String comparison
+/// and hashing normalise (quadratically in the run): the data path stays fast.
+@Suite struct MarkRunRecordTests {
+    @Test func aChatRecordOfMarksIsReadAndEncodedQuickly() throws {
+        let marks = String(repeating: "\u{301}\u{316}", count: 20_000)
+        let line = #"{"messages": [{"role": "user", "content": "\#(marks)"}, {"role": "assistant", "content": "e\#(marks)"}]}"#
+        let start = DispatchTime.now().uptimeNanoseconds
+        let file = try JSONLines(data: Data(line.utf8), name: "data.jsonl")
+        let example = try Dataset.example(file.records[0], format: .chat, tokenizer: TextFixtures.qwen3, options: DatasetOptions())
+        let seconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+        #expect(seconds < 5, "\(seconds) s")
+        #expect(example.inputIDs.count > 100)
+
+        let role = #"{"messages": [{"role": "\#(marks)", "content": "x"}]}"#
+        let roleStart = DispatchTime.now().uptimeNanoseconds
+        let roleFile = try JSONLines(data: Data(role.utf8), name: "data.jsonl")
+        #expect(throws: KDError.self) {
+            try Dataset.example(roleFile.records[0], format: .chat, tokenizer: TextFixtures.qwen3, options: DatasetOptions())
+        }
+        let roleSeconds = Double(DispatchTime.now().uptimeNanoseconds - roleStart) / 1e9
+        #expect(roleSeconds < 5, "\(roleSeconds) s")
+    }
+
+    @Test func normalisationIsUnicodeNFC() {
+        func scalars(_ text: String) -> [Unicode.Scalar] { Array(text.unicodeScalars) }
+        // Where Foundation's NFC is right, and short enough for its quadratic reordering.
+        for text in ["e" + String(repeating: "\u{301}\u{316}", count: 100),
+                     "\u{1E09}" + String(repeating: "\u{316}", count: 50) + String(repeating: "\u{301}", count: 50),
+                     "a" + String(repeating: "\u{301}", count: 40) + "\u{327}b\u{30A}\u{323}\u{212B}\u{344}",
+                     "\u{1100}\u{1161}\u{11A8} caf\u{E9} \u{5D0}\u{5B0}\u{5B9}\u{5C1}\u{5BC} \u{FB2C}"] {
+            #expect(Normalization.nfc(scalars(text)) == Normalization.foundationNFC(scalars(text)))
+        }
+        // Two corners where Foundation is wrong (checked against Python's unicodedata, Unicode 14):
+        // LV + T composes, and the Tibetan signs' decompositions are put in canonical order.
+        #expect(Normalization.nfc(scalars("\u{AC00}\u{11A8}")) == scalars("\u{AC01}"))
+        #expect(Normalization.nfc(scalars(String(repeating: "\u{F73}\u{F71}\u{F75}\u{F81}", count: 3) + "\u{344}\u{340}"))
+            == scalars(String(repeating: "\u{F71}", count: 12) + String(repeating: "\u{F72}\u{F80}", count: 3)
+                + String(repeating: "\u{F74}", count: 3) + "\u{308}\u{301}\u{300}"))
+    }
+}
