@@ -116,6 +116,7 @@ public final class Tokenizer: @unchecked Sendable {
     }
 
     public init(json data: Data, file: String) throws {
+        do { try JSONLines.checkKeys(data) } catch let error as KDError { throw KDError("\(file): \(error.message)") }
         let root = try jsonObject(data, file: file)
         guard let model = root["model"] as? [String: Any] else {
             throw KDError("\(file): \"model\" must be a JSON object (kd reads byte-level BPE tokenizers)")
@@ -363,83 +364,101 @@ public final class Tokenizer: @unchecked Sendable {
     /// while they are still neighbours holding the ids it was made from.
     private struct Candidate {
         /// rank << 32 | left: the heap's order, lowest rank first, leftmost on ties.
-        let key: UInt64
-        let right: Int32
-        let leftID: Int32
-        let rightID: Int32
-        let merged: Int32
+        var key: UInt64
+        var right: Int32
+        var leftID: Int32
+        var rightID: Int32
+        var merged: Int32
     }
 
     /// Applies merges to `symbols` exactly as repeatedly merging the leftmost pair of lowest rank
     /// would, in O(n log n): the symbols form a linked list over their first positions, and a
-    /// binary heap holds every candidate pair; one made stale by a neighbouring merge is skipped
-    /// when it surfaces. Positions keep their order, so (rank, left position) orders the heap
-    /// exactly as the leftmost-lowest-rank rule does.
+    /// binary min-heap holds every candidate pair; one made stale by a neighbouring merge is
+    /// skipped when it surfaces. Positions keep their order, so (rank, left position) orders the
+    /// heap exactly as the leftmost-lowest-rank rule does. Pieces are below 2^31 bytes (a
+    /// JSONL line is at most 1 GiB).
     func merge(_ initial: [Int32]) -> [Int32] {
         let n = initial.count
         if n < 2 { return initial }
-        var ids = initial
-        var next = [Int32](unsafeUninitializedCapacity: n) { buffer, count in
-            for k in 0..<n { buffer[k] = Int32(k + 1) }
-            count = n
+        // Every merge pops one candidate and pushes at most two, so at most 2n are ever held.
+        let ids = UnsafeMutablePointer<Int32>.allocate(capacity: n)
+        let next = UnsafeMutablePointer<Int32>.allocate(capacity: n)
+        let previous = UnsafeMutablePointer<Int32>.allocate(capacity: n)
+        let heap = UnsafeMutablePointer<Candidate>.allocate(capacity: 2 * n)
+        defer {
+            ids.deallocate()
+            next.deallocate()
+            previous.deallocate()
+            heap.deallocate()
         }
-        var previous = [Int32](unsafeUninitializedCapacity: n) { buffer, count in
-            for k in 0..<n { buffer[k] = Int32(k - 1) }
-            count = n
+        for k in 0..<n {
+            ids[k] = initial[k]
+            next[k] = Int32(k + 1)
+            previous[k] = Int32(k - 1)
         }
-        var alive = [Bool](repeating: true, count: n)
-        var heap: [Candidate] = []
-        heap.reserveCapacity(n)
+        let merges = self.merges
+        var count = 0
 
-        func push(_ left: Int32) {
-            guard left >= 0 else { return }
+        func candidate(_ left: Int32) -> Candidate? {
+            guard left >= 0 else { return nil }
             let right = next[Int(left)]
-            guard right < n else { return }
+            guard Int(right) < n else { return nil }
             let a = ids[Int(left)], b = ids[Int(right)]
-            guard let merge = merges[UInt64(UInt32(bitPattern: a)) << 32 | UInt64(UInt32(bitPattern: b))] else { return }
-            let candidate = Candidate(key: (merge >> 32) << 32 | UInt64(UInt32(left)), right: right, leftID: a,
-                                      rightID: b, merged: Int32(truncatingIfNeeded: merge & 0xFFFF_FFFF))
-            heap.append(candidate)
-            var child = heap.count - 1
-            while child > 0 {
-                let parent = (child - 1) / 2
-                if heap[parent].key <= candidate.key { break }
-                heap[child] = heap[parent]
-                child = parent
-            }
-            heap[child] = candidate
+            guard let merge = merges[UInt64(UInt32(bitPattern: a)) << 32 | UInt64(UInt32(bitPattern: b))] else { return nil }
+            return Candidate(key: (merge >> 32) << 32 | UInt64(UInt32(left)), right: right, leftID: a, rightID: b,
+                             merged: Int32(truncatingIfNeeded: merge & 0xFFFF_FFFF))
         }
-
-        func pop() -> Candidate {
-            let top = heap[0]
-            let last = heap.removeLast()
-            if heap.isEmpty { return top }
-            var parent = 0
-            let count = heap.count
+        func siftDown(_ start: Int) {
+            let item = heap[start]
+            var parent = start
             while true {
                 var child = 2 * parent + 1
                 if child >= count { break }
                 if child + 1 < count && heap[child + 1].key < heap[child].key { child += 1 }
-                if last.key <= heap[child].key { break }
+                if item.key <= heap[child].key { break }
                 heap[parent] = heap[child]
                 parent = child
             }
-            heap[parent] = last
-            return top
+            heap[parent] = item
+        }
+        func push(_ left: Int32) {
+            guard let item = candidate(left) else { return }
+            var child = count
+            count += 1
+            while child > 0 {
+                let parent = (child - 1) / 2
+                if heap[parent].key <= item.key { break }
+                heap[child] = heap[parent]
+                child = parent
+            }
+            heap[child] = item
         }
 
-        for k in 0..<(n - 1) { push(Int32(k)) }
-        while !heap.isEmpty {
-            let candidate = pop()
-            let left = Int(candidate.key & 0xFFFF_FFFF)
-            let right = Int(candidate.right)
-            guard alive[left], next[left] == candidate.right, ids[left] == candidate.leftID,
-                  ids[right] == candidate.rightID else { continue }
-            ids[left] = candidate.merged
-            alive[right] = false
+        for k in 0..<(n - 1) {
+            if let item = candidate(Int32(k)) {
+                heap[count] = item
+                count += 1
+            }
+        }
+        if count > 1 {
+            for k in stride(from: count / 2 - 1, through: 0, by: -1) { siftDown(k) }
+        }
+        while count > 0 {
+            let top = heap[0]
+            count -= 1
+            if count > 0 {
+                heap[0] = heap[count]
+                siftDown(0)
+            }
+            let left = Int(top.key & 0xFFFF_FFFF)
+            let right = Int(top.right)
+            // Stale unless still neighbours with the same ids (an absorbed symbol's next is -1).
+            guard next[left] == top.right, ids[left] == top.leftID, ids[right] == top.rightID else { continue }
+            ids[left] = top.merged
             let after = next[right]
             next[left] = after
-            if after < n { previous[Int(after)] = Int32(left) }
+            next[right] = -1
+            if Int(after) < n { previous[Int(after)] = Int32(left) }
             push(previous[left])
             push(Int32(left))
         }

@@ -115,6 +115,27 @@ import KDCore
         #expect(roleSeconds < 5, "\(roleSeconds) s")
     }
 
+    @Test func keysWithLongRunsOfMarksAreRefusedBeforeParsing() throws {
+        func message(_ line: String) -> String {
+            do { _ = try JSONLines(data: Data(line.utf8), name: "data.jsonl"); return "parsed" } catch { return "\(error)" }
+        }
+        let escaped = String(repeating: "\\u0301\\u0316", count: 20_000)
+        let literal = String(repeating: "\u{301}\u{316}", count: 20_000)
+        let supplementary = String(repeating: "\\ud834\\udd65", count: 2_000)  // U+1D165, a combining mark
+        let start = DispatchTime.now().uptimeNanoseconds
+        #expect(message("{\"\(escaped)\": 1}") == "data.jsonl:1: an object key has 40000 combining marks in a row (at most 1024)")
+        #expect(message("{\"a\": {\"x\(literal)\" : 1}}") == "data.jsonl:1: an object key has 40000 combining marks in a row (at most 1024)")
+        #expect(message("{\"\(supplementary)\": 1}") == "data.jsonl:1: an object key has 2000 combining marks in a row (at most 1024)")
+        // In values they are fine, and so are keys up to the limit.
+        #expect(message("{\"a\": \"\(escaped)\", \"b\": [\"\(literal)\"]}") == "parsed")
+        #expect(message("{\"\(String(repeating: "\u{301}", count: 1024))\": 1}") == "parsed")
+        let seconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+        #expect(seconds < 5, "\(seconds) s")
+        var root = SyntheticTokenizer.root()
+        root["x" + literal] = 1
+        #expect(SyntheticTokenizer.message(root) == "tokenizer.json: an object key has 40000 combining marks in a row (at most 1024)")
+    }
+
     @Test func normalisationIsUnicodeNFC() {
         func scalars(_ text: String) -> [Unicode.Scalar] { Array(text.unicodeScalars) }
         // Where Foundation's NFC is right, and short enough for its quadratic reordering.

@@ -72,13 +72,15 @@ import KDCore
         }
     }
 
+    /// Structural mutations are chosen over sorted keys, so their outcome does not depend on
+    /// the order in which the keys are written.
     static func json(_ value: Any) -> [UInt8]? {
-        (try? JSONSerialization.data(withJSONObject: value, options: [.sortedKeys])).map(Array.init)
+        (try? JSONSerialization.data(withJSONObject: value)).map(Array.init)
     }
 
     @Test func mutatedTokenizerFilesLoadOrFailWithKDError() {
         let root = SyntheticTokenizer.root()
-        guard let base = Self.json(root) else { Issue.record("the synthetic tokenizer does not serialise"); return }
+        let base = Array(SyntheticTokenizer.data(root, sorted: true))
         var mutator = Mutator(rng: RandomGenerator(seed: 2024, stream: RandomGenerator.hash("tokenizer-mutations")))
         var loaded = 0, refused = 0
         var others: [String] = []
