@@ -203,12 +203,12 @@ public struct Dataset: Sendable {
                         options: DatasetOptions) throws -> Example {
         if format == .tokens {
             // tokenIDs refuses ids beyond 0...Int32.max (and, for labels, other than -100).
-            guard let ids = try record.tokenIDs("input_ids") else { throw KDError("missing \"input_ids\"") }
+            guard let ids = try record.tokenIDs("input_ids", bounded: true) else { throw KDError("missing \"input_ids\"") }
             guard !ids.isEmpty else { throw KDError("\"input_ids\" is empty") }
             if let tokenizer, let bad = ids.firstIndex(where: { $0 >= tokenizer.count }) {
                 throw KDError("\"input_ids\"[\(bad)] = \(ids[bad]) is not a token id (tokenizer has \(tokenizer.count))")
             }
-            guard let labels = try record.tokenIDs("labels", allowIgnored: true) else {
+            guard let labels = try record.tokenIDs("labels", bounded: true, allowIgnored: true) else {
                 return Example(inputIDs: ids, labels: ids, line: record.line)
             }
             guard labels.count == ids.count else {

@@ -171,28 +171,27 @@ extension JSONLines {
 }
 
 extension JSONLines.Record {
-    /// An array of token ids under `key`, checked element by element: integers in
-    /// 0...Int32.max (the trainer holds ids as Int32), or -100 where `allowIgnored` (labels).
-    public func tokenIDs(_ key: String, allowIgnored: Bool = false) throws -> [Int]? {
+    /// An array of integer token ids under `key`, checked element by element. With `bounded`
+    /// (training data) each must be in 0...Int32.max, the trainer holding ids as Int32, or -100
+    /// where `allowIgnored` (labels); without, callers check ids against their vocabulary.
+    public func tokenIDs(_ key: String, bounded: Bool = false, allowIgnored: Bool = false) throws -> [Int]? {
         guard let value = object[key] else { return nil }
         guard let array = value as? [Any] else { throw KDError("\"\(key)\" must be an array of integers") }
         var ids: [Int] = []
         ids.reserveCapacity(array.count)
         for (index, element) in array.enumerated() {
             guard let number = element as? NSNumber, !JSONLines.isBoolean(number),
-                  number.doubleValue.isFinite, number.doubleValue == number.doubleValue.rounded(.towardZero) else {
+                  number.doubleValue.isFinite, number.doubleValue == number.doubleValue.rounded(.towardZero),
+                  let id = bounded ? Int(exactly: max(-0x1p62, min(0x1p62, number.doubleValue))) : Int(exactly: number.doubleValue)
+            else {
                 throw KDError("\"\(key)\"[\(index)] is not an integer")
             }
             // Every id in range is exact in a Double, and rounding keeps anything beyond out of range.
-            let double = number.doubleValue
-            if double >= 0 && double <= Double(Int32.max) {
-                ids.append(Int(double))
-            } else if allowIgnored && double == Double(Example.ignored) {
-                ids.append(Example.ignored)
-            } else {
+            if bounded && !(id >= 0 && id <= Int(Int32.max)) && !(allowIgnored && id == Example.ignored) {
                 throw KDError("\"\(key)\"[\(index)] = \(number) is not a token id (0 to \(Int32.max)"
                     + (allowIgnored ? ", or -100)" : ")"))
             }
+            ids.append(id)
         }
         return ids
     }
