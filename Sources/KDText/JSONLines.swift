@@ -64,6 +64,13 @@ public struct JSONLines {
         self.skipped = skipped
     }
 
+    /// A number from the input as an error message shows it: a huge one (a 300-digit literal
+    /// arrives as a decimal number) cut after 24 characters.
+    static func shown(_ number: NSNumber) -> String {
+        let text = "\(number)"
+        return text.count <= 24 ? text : text.prefix(24) + "… (\(text.count) characters)"
+    }
+
     /// JSON booleans also arrive as NSNumber; they are not token ids.
     public static func isBoolean(_ number: NSNumber) -> Bool { String(cString: number.objCType) == "c" }
 
@@ -188,7 +195,7 @@ extension JSONLines.Record {
             }
             // Every id in range is exact in a Double, and rounding keeps anything beyond out of range.
             if bounded && !(id >= 0 && id <= Int(Int32.max)) && !(allowIgnored && id == Example.ignored) {
-                throw KDError("\"\(key)\"[\(index)] = \(number) is not a token id (0 to \(Int32.max)"
+                throw KDError("\"\(key)\"[\(index)] = \(JSONLines.shown(number)) is not a token id (0 to \(Int32.max)"
                     + (allowIgnored ? ", or -100)" : ")"))
             }
             ids.append(id)

@@ -110,7 +110,7 @@ public final class Tokenizer: @unchecked Sendable {
         }
         let double = number.doubleValue
         guard double >= 0, double < Double(idLimit) else {
-            throw KDError("\(file): \(what()): id \(number) is outside 0..<\(idLimit)")
+            throw KDError("\(file): \(what()): id \(JSONLines.shown(number)) is outside 0..<\(idLimit)")
         }
         return Int(double)
     }

@@ -82,6 +82,9 @@ import KDCore
         #expect(try message(#"{"input_ids": [1, 2], "labels": [-100, 9223372036854775807]}"#)
             == "data.jsonl:2: \"labels\"[1] = 9223372036854775807 is not a token id (0 to 2147483647, or -100)")
         #expect(try message(#"{"input_ids": [1, 1e400]}"#) == "data.jsonl:2: not valid JSON")
+        let digits = String(repeating: "9", count: 300)
+        let huge = try message("{\"input_ids\": [1, \(digits)]}")
+        #expect(huge == "data.jsonl:2: \"input_ids\"[1] = 1e+300 is not a token id (0 to 2147483647)")
         #expect(try message(#"{"input_ids": [1, 2.5]}"#) == "data.jsonl:2: \"input_ids\"[1] is not an integer")
         #expect(try message(#"{"input_ids": [1, 2147483647], "labels": [-100, 2147483647]}"#) == "tokens 2 examples")
     }
