@@ -43,6 +43,7 @@ public final class Tokenizer: @unchecked Sendable {
         let configPath = (directory as NSString).appendingPathComponent("tokenizer_config.json")
         tokenizer.configFile = configPath
         if let data = try readRegularFile(configPath, optional: true) {
+            do { try JSONLines.checkKeys(data) } catch let error as KDError { throw KDError("\(configPath): \(error.message)") }
             let config = try jsonObject(data, file: configPath)
             func tokenID(_ key: String) throws -> Int? {
                 let content: String
