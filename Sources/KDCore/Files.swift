@@ -20,7 +20,7 @@ public enum InputFile {
         let kind = info.st_mode & S_IFMT
         guard kind == S_IFREG else {
             close(fd)
-            throw KDError("\(path): \(kind == S_IFDIR ? "is a directory" : "is not a regular file"), expected a file")
+            throw KDError("\(path): \(kind == S_IFDIR ? "is a directory" : "is not a regular file")")
         }
         // Reads of a regular file never block; clear the flag so later reads behave as usual.
         _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK)

@@ -26,9 +26,10 @@ public struct ChatMessage: Equatable, Sendable {
     /// Reads `{"role", "content", "reasoning_content"?, "tool_calls"?}`.
     public init(json: Any) throws {
         guard let object = json as? [String: Any] else { throw KDError("a message must be a JSON object") }
-        guard let role = object["role"] as? String else { throw KDError("a message needs a string \"role\"") }
-        guard ChatMessage.roles.contains(role) else {
-            throw KDError("unknown role '\(role)' (expected one of \(ChatMessage.roles.joined(separator: ", ")))")
+        guard let given = object["role"] as? String else { throw KDError("a message needs a string \"role\"") }
+        // Compared scalar by scalar: String == normalises, which is slow on long runs of marks.
+        guard let role = ChatMessage.roles.first(where: { $0.unicodeScalars.elementsEqual(given.unicodeScalars) }) else {
+            throw KDError("unknown role \(quoted(given, limit: 40)) (expected one of \(ChatMessage.roles.joined(separator: ", ")))")
         }
         let content: String
         switch object["content"] {
@@ -49,7 +50,7 @@ public struct ChatMessage: Equatable, Sendable {
                 let call = entry["function"] as? [String: Any] ?? entry
                 guard let name = call["name"] as? String else { throw KDError("a tool call needs a string \"name\"") }
                 guard let arguments = call["arguments"] as? String else {
-                    throw KDError("tool call '\(name)': \"arguments\" must be a JSON-encoded string")
+                    throw KDError("tool call \(quoted(name, limit: 40)): \"arguments\" must be a JSON-encoded string")
                 }
                 return ToolCall(name: name, arguments: arguments)
             }
@@ -100,7 +101,7 @@ public enum ChatTemplate {
         var lastQuery = messages.count - 1
         for index in stride(from: messages.count - 1, through: 0, by: -1) {
             let m = messages[index]
-            if m.role == "user" && !(m.content.hasPrefix("<tool_response>") && m.content.hasSuffix("</tool_response>")) {
+            if m.role == "user" && !(hasPrefix(m.content, "<tool_response>") && hasSuffix(m.content, "</tool_response>")) {
                 lastQuery = index
                 break
             }
@@ -153,6 +154,16 @@ public enum ChatTemplate {
             prompt("<|im_start|>assistant\n" + (enableThinking ? "" : "<think>\n\n</think>\n\n"))
         }
         return out
+    }
+
+    /// Python's `startswith` / `endswith`: by code point. (String's are by Character, which
+    /// differs when a mark follows the affix, and normalise, slowly on long runs of marks.)
+    static func hasPrefix(_ text: String, _ prefix: String) -> Bool {
+        text.unicodeScalars.starts(with: prefix.unicodeScalars)
+    }
+
+    static func hasSuffix(_ text: String, _ suffix: String) -> Bool {
+        text.unicodeScalars.reversed().starts(with: suffix.unicodeScalars.reversed())
     }
 
     /// Python's `lstrip('\n')` / `rstrip('\n')`, scalar by scalar ("\r\n" is one Character in Swift).

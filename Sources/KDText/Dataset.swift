@@ -59,23 +59,41 @@ public struct Dataset: Sendable {
     public let format: DataFormat
     public let examples: [Example]
     public let stats: Stats
+    /// The largest token id in the examples (input ids and labels, after truncation), so the
+    /// trainer and `kd data` can refuse ids beyond a model's vocabulary before any work.
+    public let maxTokenID: Int
 
     /// Reads and tokenizes `path`. Text formats need `tokenizer` (with its Qwen3 chat template).
     public init(path: String, tokenizer: Tokenizer?, options: DatasetOptions) throws {
-        let lines = try JSONLines(path: path, skipBad: options.onBadRecord == .skip)
+        try self.init(path: path, options: options) { _ in tokenizer }
+    }
+
+    /// Reads `path`, works out its format, then asks `tokenizer` for the tokenizer that format
+    /// needs (it may return nil for `tokens`), so that a bad data file is reported as such
+    /// before any tokenizer is looked for.
+    public init(path: String, options: DatasetOptions, tokenizer provide: (DataFormat) throws -> Tokenizer?) throws {
+        guard let data = try readRegularFile(path) else { throw KDError("\(path): no such file") }
+        guard !data.isEmpty else { throw KDError("\(path): empty") }
+        let lines = try JSONLines(data: data, name: path, skipBad: options.onBadRecord == .skip)
         self.path = path
         var stats = Stats()
         stats.skipped = lines.skipped
         stats.lines = lines.records.count + lines.skipped.count
-        guard let first = lines.records.first else { throw KDError("\(path): no records") }
+        guard let first = lines.records.first else {
+            throw KDError(lines.skipped.isEmpty ? "\(path): no records (only blank lines)"
+                : "\(path): no records (\(lines.skipped.count) bad lines skipped)")
+        }
         var format = options.format
         if format == .auto {
             guard let detected = Dataset.detect(first.object) else {
+                let keys = first.object.keys.sorted()
+                let shown = keys.prefix(12).map { quoted($0, limit: 40) } + (keys.count > 12 ? ["…"] : [])
                 throw KDError("\(path):\(first.line): cannot tell the format from the keys "
-                    + "[\(first.object.keys.sorted().joined(separator: ", "))]; set data.format")
+                    + "[\(shown.joined(separator: ", "))]; set data.format")
             }
             format = detected
         }
+        let tokenizer = try provide(format)
         if format != .tokens {
             guard let tokenizer else { throw KDError("\(path): format \(format.rawValue) needs a tokenizer") }
             try ChatTemplate.check(tokenizer.chatTemplate, file: tokenizer.configFile)
@@ -110,6 +128,21 @@ public struct Dataset: Sendable {
         stats.skipped.sort { $0.line < $1.line }
         self.examples = examples
         self.stats = stats
+        maxTokenID = examples.map { max($0.inputIDs.max() ?? -1, $0.labels.max() ?? -1) }.max() ?? -1
+    }
+
+    /// Fails, naming the file, line and position, when an example holds an id (input or label)
+    /// at or beyond `vocabularySize`, e.g. `checkTokenIDs(below: spec.vocabSize, of: "student vocabulary")`.
+    public func checkTokenIDs(below vocabularySize: Int, of vocabulary: String) throws {
+        guard maxTokenID >= vocabularySize else { return }
+        for example in examples {
+            for (key, ids) in [("input_ids", example.inputIDs), ("labels", example.labels)] {
+                if let bad = ids.firstIndex(where: { $0 >= vocabularySize }) {
+                    throw KDError("\(path):\(example.line): \"\(key)\"[\(bad)] = \(ids[bad]) is outside the "
+                        + "\(vocabulary) (\(vocabularySize) tokens)")
+                }
+            }
+        }
     }
 
     /// The format a record's keys imply.
@@ -169,19 +202,20 @@ public struct Dataset: Sendable {
     static func example(_ record: JSONLines.Record, format: DataFormat, tokenizer: Tokenizer?,
                         options: DatasetOptions) throws -> Example {
         if format == .tokens {
-            guard let ids = try record.tokenIDs("input_ids") else { throw KDError("missing \"input_ids\"") }
+            // tokenIDs refuses ids beyond 0...Int32.max (and, for labels, other than -100).
+            guard let ids = try record.tokenIDs("input_ids", bounded: true) else { throw KDError("missing \"input_ids\"") }
             guard !ids.isEmpty else { throw KDError("\"input_ids\" is empty") }
-            if let tokenizer, let bad = ids.firstIndex(where: { $0 < 0 || $0 >= tokenizer.count }) {
+            if let tokenizer, let bad = ids.firstIndex(where: { $0 >= tokenizer.count }) {
                 throw KDError("\"input_ids\"[\(bad)] = \(ids[bad]) is not a token id (tokenizer has \(tokenizer.count))")
             }
-            guard let labels = try record.tokenIDs("labels") else {
+            guard let labels = try record.tokenIDs("labels", bounded: true, allowIgnored: true) else {
                 return Example(inputIDs: ids, labels: ids, line: record.line)
             }
             guard labels.count == ids.count else {
                 throw KDError("\"labels\" has \(labels.count) entries, \"input_ids\" \(ids.count)")
             }
-            if let bad = labels.firstIndex(where: { $0 < 0 && $0 != Example.ignored }) {
-                throw KDError("\"labels\"[\(bad)] = \(labels[bad]) (labels are token ids or -100)")
+            if let tokenizer, let bad = labels.firstIndex(where: { $0 >= tokenizer.count }) {
+                throw KDError("\"labels\"[\(bad)] = \(labels[bad]) is not a token id (tokenizer has \(tokenizer.count))")
             }
             return Example(inputIDs: ids, labels: labels, line: record.line)
         }
@@ -191,7 +225,8 @@ public struct Dataset: Sendable {
         // Each segment is tokenized on its own, so the prompt's ids are exactly what a generation
         // prompt would give and the completion starts on a token boundary.
         for segment in segments {
-            let pieceIDs = tokenizer!.encode(segment.text)
+            guard let tokenizer else { throw KDError("format \(format.rawValue) needs a tokenizer") }
+            let pieceIDs = tokenizer.encode(segment.text)
             ids += pieceIDs
             labels += segment.isCompletion || options.trainOnPrompt
                 ? pieceIDs : [Int](repeating: Example.ignored, count: pieceIDs.count)

@@ -30,21 +30,14 @@ extension RunConfig {
         return tokenizer
     }
 
-    /// Loads one of the data files with the run's options.
+    /// Loads one of the data files with the run's options. The file is read and its format worked
+    /// out first, so a missing, empty or malformed data file is reported as such; the tokenizer is
+    /// then required only for text formats.
     public func loadDataset(_ path: String?, key: String) throws -> Dataset {
         guard let path else { throw KDError("\(key) is required") }
-        let needsTokenizer = data.format != .tokens && !Self.looksPreTokenized(path)
-        return try Dataset(path: path, tokenizer: try loadTokenizer(required: needsTokenizer), options: datasetOptions)
-    }
-
-    /// Whether a file's first record is `{"input_ids": ...}` (then no tokenizer is needed).
-    static func looksPreTokenized(_ path: String) -> Bool {
-        guard let handle = FileHandle(forReadingAtPath: path) else { return false }
-        defer { try? handle.close() }
-        let head = handle.readData(ofLength: 1 << 16)
-        guard let line = head.split(separator: UInt8(ascii: "\n")).first,
-              let object = try? JSONSerialization.jsonObject(with: Data(line)) as? [String: Any] else { return false }
-        return Dataset.detect(object) == .tokens
+        return try Dataset(path: path, options: datasetOptions) { format in
+            try loadTokenizer(required: format != .tokens)
+        }
     }
 }
 

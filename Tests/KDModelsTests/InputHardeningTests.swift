@@ -77,9 +77,9 @@ import KDModels
     @Test func aFIFOIsRefusedInsteadOfBlocking() throws {
         let path = Fixtures.temporaryDirectory() + "/model.safetensors"
         #expect(mkfifo(path, 0o600) == 0)
-        #expect(Self.open(path) == "\(path): is not a regular file, expected a file")
+        #expect(Self.open(path) == "\(path): is not a regular file")
         let directory = Fixtures.temporaryDirectory()
-        #expect(Self.open(directory) == "\(directory): is a directory, expected a file")
+        #expect(Self.open(directory) == "\(directory): is a directory")
     }
 
     @Test func longOrControlCharacterNamesAreCutAndEscaped() throws {
@@ -89,7 +89,7 @@ import KDModels
         let text = Self.open(path)
         #expect(!text.contains("\n") && !text.contains("\u{0}"))
         #expect(text.count < 400)
-        #expect(text.contains(#"'x\u{0}\nyyy"#))
+        #expect(text.contains(#"'x\u{0}\u{A}yyy"#))
         #expect(text.contains("(5003 characters)"))
     }
 

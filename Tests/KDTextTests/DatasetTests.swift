@@ -103,7 +103,7 @@ import KDCore
         #expect(Self.message([#"{"input_ids": [1, 2], "labels": [1]}"#]) == ":1: \"labels\" has 1 entries, \"input_ids\" 2")
         #expect(Self.message([#"{"input_ids": [1, 999999]}"#])
             == ":1: \"input_ids\"[1] = 999999 is not a token id (tokenizer has 151669)")
-        #expect(Self.message([#"{"text": "hello"}"#]) == ":1: cannot tell the format from the keys [text]; set data.format")
+        #expect(Self.message([#"{"text": "hello"}"#]) == ":1: cannot tell the format from the keys ['text']; set data.format")
 
         let skipping = try Self.dataset([
             #"{"prompt": "a", "response": "b"}"#, "{oops", #"{"prompt": "a"}"#, #"{"prompt": "c", "response": "d"}"#,
