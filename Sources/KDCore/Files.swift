@@ -67,12 +67,12 @@ public final class OutputFile {
     public init(creating location: String, naming path: String? = nil) throws {
         self.path = path ?? location
         fd = Glibc.open(location, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0o644)
-        guard fd >= 0 else { throw KDError("\(path): cannot create file (\(errorText(errno)))") }
+        guard fd >= 0 else { throw KDError("\(self.path): cannot create file (\(errorText(errno)))") }
         var info = stat()
         if fstat(fd, &info) == 0 && info.st_mode & S_IFMT != S_IFREG {
             Glibc.close(fd)
             fd = -1
-            throw KDError("\(path): is not a regular file")
+            throw KDError("\(self.path): is not a regular file")
         }
     }
 

@@ -53,13 +53,6 @@ extension RunConfig {
     /// file and line of the first, before any weight is read or any step is run.
     public func checkVocabulary(_ dataset: Dataset) throws {
         guard let bound = try vocabularyBound() else { return }
-        for example in dataset.examples {
-            if let i = example.inputIDs.firstIndex(where: { $0 < 0 || $0 >= bound }) {
-                throw KDError("\(dataset.path):\(example.line): token id \(example.inputIDs[i]) is outside the models' vocabulary (\(bound) ids)")
-            }
-            if let i = example.labels.firstIndex(where: { $0 != Example.ignored && ($0 < 0 || $0 >= bound) }) {
-                throw KDError("\(dataset.path):\(example.line): label \(example.labels[i]) is outside the models' vocabulary (\(bound) ids)")
-            }
-        }
+        try dataset.checkTokenIDs(below: bound, of: "models' vocabulary")
     }
 }
