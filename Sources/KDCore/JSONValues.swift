@@ -4,7 +4,7 @@ import Foundation
 /// an NSNumber that converts to any of Bool, Int and Double: here `true` is not 1, 2.5 is not an
 /// integer, and an integer beyond Int is not silently clamped.
 public enum JSONValue {
-    static func isBoolean(_ number: NSNumber) -> Bool { String(cString: number.objCType) == "c" }
+    public static func isBoolean(_ number: NSNumber) -> Bool { String(cString: number.objCType) == "c" }
 
     /// A JSON boolean, or nil for anything else.
     public static func bool(_ value: Any?) -> Bool? {

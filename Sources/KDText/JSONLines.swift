@@ -72,8 +72,6 @@ public struct JSONLines {
     }
 
     /// JSON booleans also arrive as NSNumber; they are not token ids.
-    public static func isBoolean(_ number: NSNumber) -> Bool { String(cString: number.objCType) == "c" }
-
     /// One line as a JSON object, or a KDError saying what it is instead.
     public static func parse(_ line: Data) throws -> [String: Any] {
         try checkKeys(line)
@@ -187,7 +185,7 @@ extension JSONLines.Record {
         var ids: [Int] = []
         ids.reserveCapacity(array.count)
         for (index, element) in array.enumerated() {
-            guard let number = element as? NSNumber, !JSONLines.isBoolean(number),
+            guard let number = element as? NSNumber, !JSONValue.isBoolean(number),
                   number.doubleValue.isFinite, number.doubleValue == number.doubleValue.rounded(.towardZero),
                   let id = bounded ? Int(exactly: max(-0x1p62, min(0x1p62, number.doubleValue))) : Int(exactly: number.doubleValue)
             else {

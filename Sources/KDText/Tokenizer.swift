@@ -105,7 +105,7 @@ public final class Tokenizer: @unchecked Sendable {
     /// A token id read from JSON: an integer (not a boolean, no fraction) in 0..<`idLimit`.
     static func tokenID(_ value: Any?, _ what: @autoclosure () -> String, file: String) throws -> Int {
         guard let value else { throw KDError("\(file): \(what()) has no \"id\"") }
-        guard let number = value as? NSNumber, !JSONLines.isBoolean(number),
+        guard let number = value as? NSNumber, !JSONValue.isBoolean(number),
               number.doubleValue.isFinite, number.doubleValue == number.doubleValue.rounded(.towardZero) else {
             throw KDError("\(file): \(what()): the id must be an integer")
         }
@@ -168,7 +168,7 @@ public final class Tokenizer: @unchecked Sendable {
                 var special = false
                 switch entry["special"] {
                 case nil, is NSNull: break
-                case let number as NSNumber where JSONLines.isBoolean(number): special = number.boolValue
+                case let number as NSNumber where JSONValue.isBoolean(number): special = number.boolValue
                 default: throw KDError("\(file): added_tokens[\(index)]: \"special\" must be true or false")
                 }
                 if let other = contentOfID.updateValue(index, forKey: id) {
@@ -273,6 +273,22 @@ public final class Tokenizer: @unchecked Sendable {
         let model = root["model"] as? [String: Any] ?? [:]
         if let dropout = model["dropout"], !(dropout is NSNull) {
             throw KDError("\(file): BPE dropout is not supported")
+        }
+        // Settings that would change the ids kd computes are refused, not ignored.
+        for key in ["ignore_merges", "byte_fallback"] where model[key] != nil && !(model[key] is NSNull) {
+            guard let value = JSONValue.bool(model[key]) else { throw KDError("\(file): model.\(key) must be true or false") }
+            if value { throw KDError("\(file): model.\(key) true is not supported") }
+        }
+        for key in ["continuing_subword_prefix", "end_of_word_suffix"] where model[key] != nil && !(model[key] is NSNull) {
+            guard model[key] as? String == "" else { throw KDError("\(file): model.\(key) is not supported (kd implements byte-level BPE without one)") }
+        }
+        for (index, entry) in (root["added_tokens"] as? [[String: Any]] ?? []).enumerated() {
+            for key in ["lstrip", "rstrip", "single_word"] where entry[key] != nil && !(entry[key] is NSNull) {
+                guard let value = JSONValue.bool(entry[key]) else {
+                    throw KDError("\(file): added_tokens[\(index)]: \"\(key)\" must be true or false")
+                }
+                if value { throw KDError("\(file): added_tokens[\(index)]: \(key) true is not supported") }
+            }
         }
     }
 

@@ -44,6 +44,19 @@ import KDCore
         #expect(tokenizer.encode("<x>") == [300])
     }
 
+    @Test func settingsThatWouldChangeTheIdsAreRefused() {
+        let file = "tokenizer.json: "
+        #expect(T.editedModel({ $0["ignore_merges"] = true }) == file + "model.ignore_merges true is not supported")
+        #expect(T.editedModel({ $0["ignore_merges"] = false }) == "loaded")
+        #expect(T.editedModel({ $0["byte_fallback"] = "no" }) == file + "model.byte_fallback must be true or false")
+        #expect(T.editedModel({ $0["continuing_subword_prefix"] = "##" })
+            == file + "model.continuing_subword_prefix is not supported (kd implements byte-level BPE without one)")
+        #expect(T.editedModel({ $0["end_of_word_suffix"] = "" }) == "loaded")
+        #expect(T.withAdded([["id": 300, "content": "<x>", "lstrip": true]]) == file + "added_tokens[0]: lstrip true is not supported")
+        #expect(T.withAdded([["id": 300, "content": "<x>", "single_word": 1]]) == file + "added_tokens[0]: \"single_word\" must be true or false")
+        #expect(T.withAdded([["id": 300, "content": "<x>", "rstrip": false]]) == "loaded")
+    }
+
     @Test func duplicateIdsAreRefused() {
         #expect(T.editedVocab({ $0["zz"] = 5 }).hasPrefix("tokenizer.json: model.vocab: tokens "))
         #expect(T.editedVocab({ $0["zz"] = 5 }).hasSuffix(" both have id 5"))
