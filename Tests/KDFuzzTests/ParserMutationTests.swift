@@ -8,13 +8,12 @@ import KDFuzzSupport
 /// ends the test process, so reaching the end is the assertion; the input that was running is
 /// then in the file the test prints first (`kd-fuzz TARGET FILE` replays it).
 ///
-/// Mutants per target (`mutants`) and their time in a release build on 2 shared cores, measured
-/// with `kd-fuzz TARGET --mutate N` (the same runs) where the parser survives today: config
-/// 3000 in ~0.1 s, run-yaml 3000 in ~2.3 s (Yams), trainer-state 3000 in ~0.7 s, jsonl 2000 in
-/// ~3 s plus ~2.5 s to load the Qwen3 tokenizer once (each mutant also builds two datasets).
-/// safetensors, config, tokenizer and peft trap on today's code (header length >= 2^63, a
-/// num_hidden_layers of 2^32 or Int.max, vocabulary ids of 2^32-1 or Int.max - the tokenizer only
-/// after ~45 s of allocating); once fixed they are budgeted at about 1 s each. The mutator's
+/// Mutants per target (`mutants`) and their time in a release build on 2 shared cores: safetensors
+/// 3000 in ~1.4 s, config 3000 in ~0.5 s, run-yaml 3000 in ~1.7 s (Yams), jsonl 2000 in ~2 s plus
+/// ~1 s to load the Qwen3 tokenizer once (each mutant also builds two datasets), tokenizer 3000 in
+/// ~3 s, peft 3000 in ~4 s, trainer-state 3000 in ~0.5 s. Before the parsers were hardened,
+/// safetensors, config, tokenizer and peft trapped here (a header length >= 2^63, a
+/// num_hidden_layers of 2^32 or Int.max, vocabulary ids of 2^32-1 or Int.max). The mutator's
 /// large inserts stop at 4 KiB so a mutant parses in milliseconds. Scripts/fuzz.sh runs the
 /// same targets under libFuzzer for longer.
 @Suite(.serialized) struct ParserMutationTests {
