@@ -21,6 +21,15 @@ struct KD: ParsableCommand {
            index + 1 == arguments.count || arguments[index + 1].hasPrefix("-") {
             arguments.insert("auto", at: index + 1)
         }
+        // A negative number after an option is its value (`--temperature -1`), not another option.
+        var index = 0
+        while index + 1 < arguments.count {
+            let option = arguments[index], value = arguments[index + 1]
+            if option.hasPrefix("--"), !option.contains("="), value.hasPrefix("-"), Double(value) != nil {
+                arguments[index ... index + 1] = [option + "=" + value]
+            }
+            index += 1
+        }
         do {
             var command = try parseAsRoot(arguments)
             try command.run()

@@ -25,6 +25,11 @@ import Testing
                                         "--batch-rows", "99999999999999999999999"]), status: 64)
         Self.oneLine(try KDProcess.run(["nonsense-command"]), status: 64)
         Self.oneLine(try KDProcess.run(["plan"]), status: 64)
+        // A negative value reaches the command's own check.
+        let negative = try KDProcess.run(["generate", "--model", KDProcess.fixtures + "/forward/dense-tied-gqa",
+                                          "--prompt-ids", "1", "--temperature", "-1"])
+        Self.oneLine(negative)
+        #expect(negative.stderr == "kd: error: --temperature must be 0 (greedy) or positive\n")
         let help = try KDProcess.run(["train", "--help"])
         #expect(help.status == 0 && help.stdout.contains("--config"))
     }
