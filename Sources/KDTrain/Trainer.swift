@@ -145,6 +145,7 @@ public final class Trainer {
         } else {
             try PEFTAdapter.attachFresh(to: student, settings: config.lora, seed: UInt64(config.run.seed))
         }
+        student.activationCheckpointing = config.train.activationCheckpointing
         let attached = student.linears.compactMap { linear in linear.adapter.map { (linear.name, $0) } }
         adapters = attached
         let optimizer = AdamW(hyper: .init(beta1: config.train.adamBeta1, beta2: config.train.adamBeta2,
@@ -281,10 +282,12 @@ public final class Trainer {
         return shapes
     }
 
-    /// FNV-1a of every key that changes the numbers of a step (not max_steps or bookkeeping).
+    /// FNV-1a of every key that changes the numbers of a step (not max_steps, bookkeeping, or
+    /// activation checkpointing, which gives the same numbers bit for bit).
     var configHash: String {
         let ignored: Set<String> = ["train.max_steps", "run.output_dir", "run.threads", "run.concurrency", "checkpoint.every_steps",
-                                    "checkpoint.keep_last", "checkpoint.save_merged", "log.every_steps"]
+                                    "checkpoint.keep_last", "checkpoint.save_merged", "log.every_steps",
+                                    "train.activation_checkpointing"]
         let text = config.effectiveValues.filter { !ignored.contains($0.key) }.map { "\($0.key)=\($0.value)" }
             .joined(separator: "\n")
         return String(RandomGenerator.hash(text), radix: 16)
