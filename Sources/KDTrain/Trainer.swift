@@ -22,12 +22,18 @@ public struct StepMetrics: Sendable {
     public var transferBytes = 0
     public var elapsedSeconds = 0.0
     public var agreement = 0.0
+    /// The most bytes each device (by id) has held in live tensors since the process started
+    /// (`Device.peakBytes`), and the process's peak resident set size. Neither is deterministic
+    /// across runs (a resumed run starts counting afresh; the teacher's thread runs alongside).
+    public var devicePeakBytes: [Int] = []
+    public var peakRSSBytes = 0
 
     /// The metrics.jsonl object.
     public var json: [String: Any] {
         ["step": step, "loss": loss, "kl_loss": klLoss, "ce_loss": ceLoss, "grad_norm": gradNorm, "lr": lr,
          "tokens": tokens, "scored_tokens": scoredTokens, "tokens_per_s": tokensPerSecond, "teacher_ms": teacherMs,
-         "student_ms": studentMs, "transfer_bytes": transferBytes, "elapsed_s": elapsedSeconds, "top1_agreement": agreement]
+         "student_ms": studentMs, "transfer_bytes": transferBytes, "elapsed_s": elapsedSeconds, "top1_agreement": agreement,
+         "device_peak_bytes": devicePeakBytes, "peak_rss_bytes": peakRSSBytes]
     }
 }
 
@@ -244,7 +250,18 @@ public final class Trainer {
         metrics.scoredTokens = scored
         let seconds = (ContinuousClock.now - start).seconds
         metrics.tokensPerSecond = Double(metrics.tokens) / seconds
+        metrics.devicePeakBytes = devices.devices.map(\.peakBytes)
+        metrics.peakRSSBytes = Self.peakResidentBytes()
         return metrics
+    }
+
+    /// The process's peak resident set size in bytes (getrusage's ru_maxrss, in KiB on Linux); 0
+    /// when it cannot be read.
+    public static func peakResidentBytes() -> Int {
+        var usage = rusage()
+        guard getrusage(RUSAGE_SELF.rawValue, &usage) == 0, usage.ru_maxrss >= 0 else { return 0 }
+        let (bytes, overflow) = Int(usage.ru_maxrss).multipliedReportingOverflow(by: 1024)
+        return overflow ? Int.max : bytes
     }
 
     /// Drops the teacher work started for the next step (the run is stopping).
