@@ -107,11 +107,20 @@ public final class CausalLM {
         }
     }
 
+    /// Activation checkpointing: in a training forward each decoder layer keeps only its input,
+    /// and `backward` recomputes the layer (a second training forward that keeps everything) just
+    /// before its backward. The numbers are the same bit for bit; it costs one more forward per
+    /// layer and saves all but one layer's activations.
+    public var activationCheckpointing = false {
+        didSet { for layer in layers { layer.keep = activationCheckpointing ? .input : .all } }
+    }
+
     /// What a training forward keeps for backward beyond the layers' own saved activations.
     private var trainingState: (context: ForwardContext, finalInput: Tensor, finalInverseRMS: Tensor)?
 
-    /// The final-normed hidden states [rows, hidden] on the last device. With `training`, every
-    /// layer keeps what its backward needs (call `backward` next).
+    /// The final-normed hidden states [rows, hidden] on the last device. With `training`, dropout is
+    /// on and every layer keeps what its backward needs, or only its input with
+    /// `activationCheckpointing` (call `backward` next).
     public func hiddenStates(_ batch: TokenBatch, training: Bool = false) throws -> Tensor {
         try checkTokens(batch)
         let context = ForwardContext(batch: batch, headDim: spec.headDim, ropeTheta: spec.ropeTheta)
@@ -168,7 +177,8 @@ public final class CausalLM {
     }
 
     /// Backward from d(final hidden states) [rows, hidden] on the last device through every
-    /// layer, stage by stage in reverse; the adapters' gradients accumulate.
+    /// layer, stage by stage in reverse (a checkpointed layer recomputes its forward first); the
+    /// adapters' gradients accumulate.
     public func backward(_ dHidden: Tensor) throws {
         guard let state = trainingState else { throw KDError("backward without a training forward pass") }
         trainingState = nil

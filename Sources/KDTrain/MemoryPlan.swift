@@ -9,13 +9,17 @@ import KDModels
 /// per LoRA parameter), and an activation estimate:
 /// - student layers save, per token, 4·hidden (residuals and norm outputs), 3·(q heads + kv
 ///   heads)·head_dim (projections before and after norm/rope, attention output), 3·intermediate
-///   (gate, up, activation), each adapter's rank (and its input when dropout is on), in f32;
+///   (gate, up, activation), each adapter's rank (and its input when dropout is on), in f32
+///   (`activation_bytes_full`); with `train.activation_checkpointing` a device's student layers
+///   keep only their input (hidden f32 per token each) plus the full saved set of the one layer
+///   being recomputed, the largest of the device's (`activation_bytes_checkpointed`);
 /// - every device holding layers needs a working set of one layer's transients plus one
 ///   attention score matrix (max_seq_len² f32);
 /// - the student's last device holds the fused loss chunk: three chunk × vocab f32 buffers
 ///   (the teacher's chunk in use, its next one arriving, the student's logits overwritten by
 ///   their gradient); the teacher's last device one chunk of teacher logits and the final
 ///   hidden states of the batch.
+/// `activation_bytes`, and so `total_bytes`, count the configured setting.
 public struct MemoryPlan: Sendable {
     public struct ModelPlan: Sendable {
         public let role: String
@@ -33,7 +37,10 @@ public struct MemoryPlan: Sendable {
         public var holds: [String] = []
         public var parameterBytes = 0
         public var loraBytes = 0
+        /// The activation estimate of the configured setting, and of either setting.
         public var activationBytes = 0
+        public var activationBytesCheckpointed = 0
+        public var activationBytesFull = 0
         public let capacityBytes: Int?
 
         public var totalBytes: Int { parameterBytes + loraBytes + activationBytes }
@@ -84,25 +91,35 @@ public struct MemoryPlan: Sendable {
                 if stage.holdsEmbedding { usage[id].holds.append("\(model.role).embed_tokens") }
                 if stage.holdsHead { usage[id].holds.append("\(model.role).norm+lm_head") }
                 usage[id].parameterBytes += stage.parameterBytes
-                var activations = 0.0, loraBytes = 0.0
+                // Saved for backward (f32 per token): every layer's whole set, or with checkpointing each
+                // layer's input and the largest whole set (the layer being recomputed).
+                var savedFull = 0.0, savedInputs = 0.0, largestSaved = 0.0, loraBytes = 0.0, shared = 0.0
                 for layer in stage.layers {
                     if training {
                         let lora = LoRAShapes.adapters(spec: spec, layer: layer, lora: config.lora)
                         loraBytes += lora.reduce(0.0) { $0 + Double($1.inFeatures + $1.outFeatures) * Double($1.rank) } * 4 * f32
-                        let loraSaved = lora.reduce(0) { $0 + config.lora.r + (config.lora.dropout > 0 ? $1.inFeatures : 0) }
-                        activations += tokens * f32 * Double(MemoryPlan.savedPerToken(spec, layer: layer) + loraSaved)
+                        let loraSaved = lora.reduce(0.0) { $0 + Double(config.lora.r) + (config.lora.dropout > 0 ? Double($1.inFeatures) : 0) }
+                        let saved = Double(MemoryPlan.savedPerToken(spec, layer: layer)) + loraSaved
+                        savedFull += saved
+                        savedInputs += Double(spec.hiddenSize)
+                        largestSaved = Swift.max(largestSaved, saved)
                     }
                 }
                 if !stage.layers.isEmpty {
-                    activations += MemoryPlan.workingSet(spec, tokens: tokens, sequence: Double(config.data.maxSeqLen))
+                    shared += MemoryPlan.workingSet(spec, tokens: tokens, sequence: Double(config.data.maxSeqLen))
                 }
                 if stage.holdsHead {
                     let chunk = Swift.min(tokens, Double(config.distill.chunkTokens))
                     let vocab = Double(spec.vocabSize)
-                    activations += training ? 3 * chunk * vocab * f32 : chunk * vocab * f32 + tokens * Double(spec.hiddenSize) * f32
+                    shared += training ? 3 * chunk * vocab * f32 : chunk * vocab * f32 + tokens * Double(spec.hiddenSize) * f32
                 }
+                let full = shared + tokens * f32 * savedFull
+                let checkpointed = shared + tokens * f32 * (savedInputs + largestSaved)
                 usage[id].loraBytes = MemoryPlan.bytes(Double(usage[id].loraBytes) + loraBytes)
-                usage[id].activationBytes = MemoryPlan.bytes(Double(usage[id].activationBytes) + activations)
+                usage[id].activationBytesFull = MemoryPlan.bytes(Double(usage[id].activationBytesFull) + full)
+                usage[id].activationBytesCheckpointed = MemoryPlan.bytes(Double(usage[id].activationBytesCheckpointed) + checkpointed)
+                usage[id].activationBytes = config.train.activationCheckpointing
+                    ? usage[id].activationBytesCheckpointed : usage[id].activationBytesFull
             }
         }
         devices = usage
@@ -153,7 +170,9 @@ public struct MemoryPlan: Sendable {
                     "id": device.id, "role": device.role,
                     "layers": (device.layers["teacher"] ?? []) + (device.layers["student"] ?? []),
                     "holds": device.holds, "param_bytes": device.parameterBytes, "lora_bytes": device.loraBytes,
-                    "activation_bytes": device.activationBytes, "total_bytes": device.totalBytes,
+                    "activation_bytes": device.activationBytes,
+                    "activation_bytes_checkpointed": device.activationBytesCheckpointed,
+                    "activation_bytes_full": device.activationBytesFull, "total_bytes": device.totalBytes,
                     "capacity_bytes": device.capacityBytes.map { $0 as Any } ?? NSNull(), "fits": device.fits,
                 ]
             },

@@ -57,6 +57,7 @@ public struct RunConfig: Equatable, Sendable {
         public var adamBeta2: Double = 0.999
         public var adamEps: Double = 1e-8
         public var maxGradNorm: Double = 1.0
+        public var activationCheckpointing = true
     }
 
     public struct Checkpointing: Equatable, Sendable {
@@ -245,6 +246,8 @@ extension RunConfig {
         field("train.adam_beta2", \.train.adamBeta2, "AdamW beta2."),
         field("train.adam_eps", \.train.adamEps, "AdamW epsilon."),
         field("train.max_grad_norm", \.train.maxGradNorm, "Clip the global gradient norm to this (0 = no clipping)."),
+        field("train.activation_checkpointing", \.train.activationCheckpointing,
+              "Student layers keep only their input in the forward pass and are recomputed before their backward: less memory, one more forward per layer, the same numbers bit for bit."),
         field("checkpoint.every_steps", \.checkpoint.everySteps, "Write a checkpoint every this many steps (0 = only at the end)."),
         field("checkpoint.keep_last", \.checkpoint.keepLast, "Checkpoints kept; older ones are deleted."),
         field("checkpoint.save_merged", \.checkpoint.saveMerged, "Also write the merged model into final_model/."),

@@ -22,12 +22,18 @@ public struct StepMetrics: Sendable {
     public var transferBytes = 0
     public var elapsedSeconds = 0.0
     public var agreement = 0.0
+    /// The most bytes each device (by id) has held in live tensors since the process started
+    /// (`Device.peakBytes`), and the process's peak resident set size. Neither is deterministic
+    /// across runs (a resumed run starts counting afresh; the teacher's thread runs alongside).
+    public var devicePeakBytes: [Int] = []
+    public var peakRSSBytes = 0
 
     /// The metrics.jsonl object.
     public var json: [String: Any] {
         ["step": step, "loss": loss, "kl_loss": klLoss, "ce_loss": ceLoss, "grad_norm": gradNorm, "lr": lr,
          "tokens": tokens, "scored_tokens": scoredTokens, "tokens_per_s": tokensPerSecond, "teacher_ms": teacherMs,
-         "student_ms": studentMs, "transfer_bytes": transferBytes, "elapsed_s": elapsedSeconds, "top1_agreement": agreement]
+         "student_ms": studentMs, "transfer_bytes": transferBytes, "elapsed_s": elapsedSeconds, "top1_agreement": agreement,
+         "device_peak_bytes": devicePeakBytes, "peak_rss_bytes": peakRSSBytes]
     }
 }
 
@@ -145,6 +151,7 @@ public final class Trainer {
         } else {
             try PEFTAdapter.attachFresh(to: student, settings: config.lora, seed: UInt64(config.run.seed))
         }
+        student.activationCheckpointing = config.train.activationCheckpointing
         let attached = student.linears.compactMap { linear in linear.adapter.map { (linear.name, $0) } }
         adapters = attached
         let optimizer = AdamW(hyper: .init(beta1: config.train.adamBeta1, beta2: config.train.adamBeta2,
@@ -243,7 +250,18 @@ public final class Trainer {
         metrics.scoredTokens = scored
         let seconds = (ContinuousClock.now - start).seconds
         metrics.tokensPerSecond = Double(metrics.tokens) / seconds
+        metrics.devicePeakBytes = devices.devices.map(\.peakBytes)
+        metrics.peakRSSBytes = Self.peakResidentBytes()
         return metrics
+    }
+
+    /// The process's peak resident set size in bytes (getrusage's ru_maxrss, in KiB on Linux); 0
+    /// when it cannot be read.
+    public static func peakResidentBytes() -> Int {
+        var usage = rusage()
+        guard getrusage(RUSAGE_SELF.rawValue, &usage) == 0, usage.ru_maxrss >= 0 else { return 0 }
+        let (bytes, overflow) = Int(usage.ru_maxrss).multipliedReportingOverflow(by: 1024)
+        return overflow ? Int.max : bytes
     }
 
     /// Drops the teacher work started for the next step (the run is stopping).
@@ -281,10 +299,12 @@ public final class Trainer {
         return shapes
     }
 
-    /// FNV-1a of every key that changes the numbers of a step (not max_steps or bookkeeping).
+    /// FNV-1a of every key that changes the numbers of a step (not max_steps, bookkeeping, or
+    /// activation checkpointing, which gives the same numbers bit for bit).
     var configHash: String {
         let ignored: Set<String> = ["train.max_steps", "run.output_dir", "run.threads", "run.concurrency", "checkpoint.every_steps",
-                                    "checkpoint.keep_last", "checkpoint.save_merged", "log.every_steps"]
+                                    "checkpoint.keep_last", "checkpoint.save_merged", "log.every_steps",
+                                    "train.activation_checkpointing"]
         let text = config.effectiveValues.filter { !ignored.contains($0.key) }.map { "\($0.key)=\($0.value)" }
             .joined(separator: "\n")
         return String(RandomGenerator.hash(text), radix: 16)

@@ -58,6 +58,12 @@ public final class Attention {
         return try oProj.forward(attended, rows: rows, training: training)
     }
 
+    /// Drops what a training forward kept, the adapters' included (the layer keeps only its input).
+    public func clearSaved() {
+        saved = nil
+        for linear in linears { linear.adapter?.clearSaved() }
+    }
+
     func rotate(_ x: Tensor, heads: Int, context: ForwardContext, inverse: Bool) {
         context.cos.withUnsafeBufferPointer { cos in
             context.sin.withUnsafeBufferPointer { sin in

@@ -22,11 +22,37 @@ public final class DecoderLayer {
     public var device: Device { inputNorm.device }
     public var linears: [Linear] { attention.linears + feedForward.linears }
 
-    /// The residual stream before each norm and the norms' 1/rms, kept for backward.
-    private var saved: (input: Tensor, inputInverseRMS: Tensor, middle: Tensor, middleInverseRMS: Tensor)?
+    /// What a training forward keeps for backward: everything (`.all`), or only the layer's input
+    /// (`.input`, activation checkpointing), in which case backward first recomputes the layer with
+    /// a second training forward that keeps everything. Either way the numbers are the same bit for
+    /// bit: the recompute starts from the same input, and dropout masks are drawn again from the
+    /// adapters' keyed streams. The model sets this (`CausalLM.activationCheckpointing`).
+    public enum Keep: Sendable { case all, input }
+    public var keep = Keep.all
 
-    /// Updates the residual stream `x` [rows, hidden] in place.
+    /// The residual stream before each norm and the norms' 1/rms, kept for backward.
+    private struct Activations {
+        let input, inputInverseRMS, middle, middleInverseRMS: Tensor
+    }
+    private enum Saved {
+        case all(Activations)
+        case input(Tensor)
+    }
+    private var saved: Saved?
+
+    /// Updates the residual stream `x` [rows, hidden] in place. In training, dropout is on and the
+    /// layer keeps what `keep` says.
     public func forward(_ x: Tensor, context: ForwardContext, training: Bool = false) throws {
+        let activations = try compute(x, context: context, training: training, keepAll: training && keep == .all)
+        guard training else { return }
+        saved = keep == .all ? .all(activations) : .input(activations.input)
+    }
+
+    /// The layer's forward pass over `x`, in place. In training, returns the residual streams to
+    /// keep; without `keepAll` the attention and feed-forward blocks drop what they saved as soon
+    /// as they are done, and only the returned input (a copy of `x` as it came in) is kept.
+    /// (Outside training the returned tensors alias `x` and are not kept.)
+    private func compute(_ x: Tensor, context: ForwardContext, training: Bool, keepAll: Bool) throws -> Activations {
         let rows = context.rows, hidden = x.shape[1]
         let input = training ? try x.clone() : x
         let inputInverseRMS = try Tensor(uninitializedShape: [rows], on: device)
@@ -34,23 +60,33 @@ public final class DecoderLayer {
         Kernels.rmsNorm(x.data, weight: inputNorm.data, rows: rows, cols: hidden, eps: eps, into: normed.data,
                         inverseRMS: inputInverseRMS.data)
         let attended = try attention.forward(normed, context: context, training: training)
+        if training && !keepAll { attention.clearSaved() }
         Kernels.add(attended.data, into: x.data, count: x.count)
-        let middle = training ? try x.clone() : x
+        let middle = training && keepAll ? try x.clone() : x
         let middleInverseRMS = try Tensor(uninitializedShape: [rows], on: device)
-        // In training the adapters keep `normed`, so the second norm needs its own buffer.
-        let normed2 = training ? try Tensor(uninitializedShape: x.shape, on: device) : normed
+        // Kept, the adapters keep `normed`, so the second norm needs its own buffer.
+        let normed2 = training && keepAll ? try Tensor(uninitializedShape: x.shape, on: device) : normed
         Kernels.rmsNorm(x.data, weight: postAttentionNorm.data, rows: rows, cols: hidden, eps: eps, into: normed2.data,
                         inverseRMS: middleInverseRMS.data)
         let fed = try feedForward.forward(normed2, rows: rows, training: training)
+        if training && !keepAll { feedForward.clearSaved() }
         Kernels.add(fed.data, into: x.data, count: x.count)
-        if training { saved = (input, inputInverseRMS, middle, middleInverseRMS) }
+        return Activations(input: input, inputInverseRMS: inputInverseRMS, middle: middle, middleInverseRMS: middleInverseRMS)
     }
 
     /// Turns d(output) [rows, hidden] into d(input) in place, accumulating adapter gradients.
     /// Without `inputGradient` (the first layer: embeddings do not train) d(input) is not formed.
+    /// A layer that kept only its input recomputes its forward first.
     public func backward(_ dx: Tensor, context: ForwardContext, inputGradient: Bool = true) throws {
-        guard let saved else { throw KDError("layer \(index) backward without a training forward pass") }
+        guard let kept = saved else { throw KDError("layer \(index) backward without a training forward pass") }
         self.saved = nil
+        let saved: Activations
+        switch kept {
+        case .all(let activations): saved = activations
+        case .input(let input):
+            // The kept input is not needed afterwards: the recompute copies it and runs in place over it.
+            saved = try compute(input, context: context, training: true, keepAll: true)
+        }
         let rows = context.rows, hidden = dx.shape[1]
         let dNormed2 = try feedForward.backward(dx, rows: rows)
         Kernels.rmsNormBackward(dNormed2.data, x: saved.middle.data, weight: postAttentionNorm.data,

@@ -21,6 +21,11 @@ public enum FeedForward {
         }
     }
 
+    /// Drops what a training forward kept, the adapters' included.
+    public func clearSaved() {
+        if case .dense(let mlp) = self { mlp.clearSaved() }
+    }
+
     public var linears: [Linear] {
         switch self {
         case .dense(let mlp): mlp.linears
@@ -47,6 +52,12 @@ public final class MLP {
         Kernels.swiglu(gate: gate.data, up: up.data, into: activation.data, count: gate.count)
         if training { saved = (gate, up) }
         return try downProj.forward(activation, rows: rows, training: training)
+    }
+
+    /// Drops what a training forward kept, the adapters' included.
+    public func clearSaved() {
+        saved = nil
+        for linear in linears { linear.adapter?.clearSaved() }
     }
 
     public func backward(_ dOut: Tensor, rows: Int) throws -> Tensor {
