@@ -1,23 +1,6 @@
 import Foundation
 import KDCore
 
-/// The element types kd reads from and writes to safetensors files.
-public enum DType: String, Sendable, CaseIterable {
-    case f32 = "F32", bf16 = "BF16", f16 = "F16", f64 = "F64", i64 = "I64", i32 = "I32", u8 = "U8", bool = "BOOL"
-
-    public var size: Int {
-        switch self {
-        case .f32, .i32: 4
-        case .bf16, .f16: 2
-        case .f64, .i64: 8
-        case .u8, .bool: 1
-        }
-    }
-
-    /// Whether kd can compute with tensors of this type (widening to f32).
-    public var isFloatingPoint: Bool { self == .f32 || self == .bf16 || self == .f16 }
-}
-
 /// A read-only memory mapping of a whole file; unmapped when the last tensor borrowing it is gone.
 final class MappedFile: @unchecked Sendable {
     let base: UnsafeMutableRawPointer
@@ -191,83 +174,6 @@ public final class SafetensorsFile: @unchecked Sendable {
     public func bytes(_ name: String) throws -> Data {
         guard let info = tensors[name] else { throw KDError("\(path): no tensor '\(name)'") }
         return Data(bytes: file.base + info.byteRange.lowerBound, count: info.byteRange.count)
-    }
-}
-
-/// Conversions between f32 and the 16-bit float formats of checkpoints.
-public enum Conversion {
-    public static func widenBF16(_ source: UnsafeRawPointer, into out: UnsafeMutablePointer<Float>, count: Int) {
-        let halves = source.assumingMemoryBound(to: UInt16.self)
-        inParallelChunks(count) { range in
-            out.withMemoryRebound(to: UInt32.self, capacity: count) { bits in
-                for i in range { bits[i] = UInt32(UInt16(littleEndian: halves[i])) << 16 }
-            }
-        }
-    }
-
-    public static func widenF16(_ source: UnsafeRawPointer, into out: UnsafeMutablePointer<Float>, count: Int) {
-        let halves = source.assumingMemoryBound(to: UInt16.self)
-        inParallelChunks(count) { range in
-            for i in range { out[i] = Float(Float16(bitPattern: UInt16(littleEndian: halves[i]))) }
-        }
-    }
-
-    /// `count` F32 (possibly unaligned), BF16 or F16 values at `source` as f32 into `out`.
-    static func widen(_ source: UnsafeRawPointer, dtype: DType, into out: UnsafeMutablePointer<Float>, count: Int) {
-        switch dtype {
-        case .bf16: widenBF16(source, into: out, count: count)
-        case .f16: widenF16(source, into: out, count: count)
-        default: UnsafeMutableRawPointer(out).copyMemory(from: source, byteCount: count * 4)
-        }
-    }
-
-    /// Writes the transpose of a row-major [rows, cols] F32, BF16 or F16 matrix into `out` as f32
-    /// [cols, rows]: tiles are widened row by row into a small buffer, then written out column by
-    /// column, on all cores.
-    static func transpose(_ source: UnsafeRawPointer, dtype: DType, rows: Int, cols: Int, into out: UnsafeMutablePointer<Float>) {
-        let tile = 64
-        DispatchQueue.concurrentPerform(iterations: (rows + tile - 1) / tile) { block in
-            let buffer = UnsafeMutablePointer<Float>.allocate(capacity: tile * tile)
-            defer { buffer.deallocate() }
-            let r0 = block * tile, height = min(tile, rows - r0)
-            for c0 in stride(from: 0, to: cols, by: tile) {
-                let width = min(tile, cols - c0)
-                for i in 0..<height {
-                    widen(source + ((r0 + i) * cols + c0) * dtype.size, dtype: dtype, into: buffer + i * tile, count: width)
-                }
-                for c in 0..<width {
-                    let column = out + (c0 + c) * rows + r0
-                    for i in 0..<height { column[i] = buffer[i * tile + c] }
-                }
-            }
-        }
-    }
-
-    /// Splits 0..<count into chunks of 1 Mi elements run on all cores (the page faults of a
-    /// fresh buffer cost as much as the conversion, and both parallelise).
-    static func inParallelChunks(_ count: Int, _ body: (Range<Int>) -> Void) {
-        let chunk = 1 << 20
-        let chunks = (count + chunk - 1) / chunk
-        if chunks <= 1 { return body(0..<count) }
-        DispatchQueue.concurrentPerform(iterations: chunks) { c in body((c * chunk)..<min(count, (c + 1) * chunk)) }
-    }
-
-    /// f32 → bf16 with round-to-nearest-even, as torch's `.to(torch.bfloat16)`.
-    public static func narrowBF16(_ source: UnsafePointer<Float>, into out: UnsafeMutablePointer<UInt16>, count: Int) {
-        source.withMemoryRebound(to: UInt32.self, capacity: count) { bits in
-            for i in 0..<count {
-                let b = bits[i]
-                if b & 0x7FFF_FFFF > 0x7F80_0000 {
-                    out[i] = UInt16(truncatingIfNeeded: b >> 16) | 0x40  // quiet NaN
-                } else {
-                    out[i] = UInt16(truncatingIfNeeded: (b &+ 0x7FFF &+ ((b >> 16) & 1)) >> 16)
-                }
-            }
-        }
-    }
-
-    public static func narrowF16(_ source: UnsafePointer<Float>, into out: UnsafeMutablePointer<UInt16>, count: Int) {
-        for i in 0..<count { out[i] = Float16(source[i]).bitPattern }
     }
 }
 
