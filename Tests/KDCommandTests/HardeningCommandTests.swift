@@ -155,4 +155,29 @@ import Testing
         Self.oneLine(generate)
         #expect(generate.stderr.contains("cannot allocate"))
     }
+
+    /// A broken adapter reaches the same safetensors checks through every command that reads one.
+    @Test func aBrokenAdapterIsOneLineInEveryCommand() throws {
+        let fixture = KDProcess.fixtures + "/train/dense-teacher"
+        let dir = KDProcess.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let adapter = dir + "/adapter"
+        try FileManager.default.copyItem(atPath: fixture + "/adapter-init", toPath: adapter)
+        var data = try Data(contentsOf: URL(fileURLWithPath: adapter + "/adapter_model.safetensors"))
+        data.replaceSubrange(0..<8, with: [0, 0, 0, 0, 0, 0, 0, 0x80])  // header length 2^63
+        try data.write(to: URL(fileURLWithPath: adapter + "/adapter_model.safetensors"))
+        let student = fixture + "/student"
+        for arguments in [
+            ["forward", "--model", student, "--adapter", adapter, "--tokens", fixture + "/tokens.jsonl", "--output", dir + "/o.safetensors"],
+            ["export", "--model", student, "--adapter", adapter, "--output", dir + "/merged"],
+            ["generate", "--model", student, "--adapter", adapter, "--prompt-ids", "1,2"],
+        ] {
+            let result = try KDProcess.run(arguments)
+            #expect(result.status == 1, "\(arguments[0]): \(result.stderr)")
+            #expect(result.stderr.hasSuffix("kd: error: \(adapter)/adapter_model.safetensors: header length 9223372036854775808 runs past "
+                + "the end of the file (\(data.count) bytes): truncated or not safetensors\n"), "\(arguments[0]): \(result.stderr)")
+        }
+        #expect(!FileManager.default.fileExists(atPath: dir + "/merged"))
+        #expect(!FileManager.default.fileExists(atPath: dir + "/o.safetensors"))
+    }
 }
