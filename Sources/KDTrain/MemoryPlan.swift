@@ -41,6 +41,15 @@ public struct MemoryPlan: Sendable {
         public var activationBytes = 0
         public var activationBytesCheckpointed = 0
         public var activationBytesFull = 0
+        /// The checkpoint dtypes of the weights placed here ("F32", "BF16", ...), and how kd holds them.
+        public var weightDTypes: Set<String> = []
+        public var heldDType: String? { weightDTypes.isEmpty ? nil : "F32" }
+        /// One dtype as a string, mixed ones as a sorted list, none (an unused device) as null.
+        var weightDTypeJSON: Any {
+            let sorted = weightDTypes.sorted()
+            if sorted.count == 1, let only = sorted.first { return only }
+            return sorted.isEmpty ? NSNull() : sorted
+        }
         public let capacityBytes: Int?
 
         public var totalBytes: Int { parameterBytes + loraBytes + activationBytes }
@@ -64,6 +73,31 @@ public struct MemoryPlan: Sendable {
         return try ModelConfigurations.load(configFile: file)
     }
 
+    /// The checkpoint dtype of each tensor of a model, by name: from the safetensors headers when the
+    /// weights exist, else every tensor gets config.json's `torch_dtype` (or `dtype`), F32 when absent.
+    static func weightDTypes(at path: String, spec: ModelSpec) throws -> (String) -> String {
+        var isDirectory: ObjCBool = false
+        let directory = FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) && isDirectory.boolValue
+            ? path : (path as NSString).deletingLastPathComponent
+        let fm = FileManager.default
+        let hasWeights = [Checkpoint.singleName, Checkpoint.indexName].contains {
+            fm.fileExists(atPath: (directory as NSString).appendingPathComponent($0))
+        }
+        if hasWeights {
+            let checkpoint = try Checkpoint(directory: directory)
+            let names = checkpoint.tensors.mapValues { $0.info.dtype.rawValue }
+            return { names[$0] ?? "F32" }
+        }
+        let configFile = (directory as NSString).appendingPathComponent("config.json")
+        let config = try readJSONObject(atPath: configFile)
+        let name = (config["torch_dtype"] as? String) ?? (config["dtype"] as? String) ?? "float32"
+        let dtypes = ["float32": "F32", "float": "F32", "bfloat16": "BF16", "float16": "F16", "half": "F16"]
+        guard let dtype = dtypes[name] else {
+            throw KDError("\(configFile): torch_dtype \(quoted(name)) is not a weight dtype kd reads (float32, bfloat16, float16)")
+        }
+        return { _ in dtype }
+    }
+
     public init(config: RunConfig) throws {
         try config.requireModelPaths()
         let teacherSpec = try MemoryPlan.spec(at: config.teacher.path)
@@ -84,8 +118,15 @@ public struct MemoryPlan: Sendable {
         for model in [teacher, student] {
             let spec = model.spec
             let training = model.role == "student"
+            let dtypeOf = try MemoryPlan.weightDTypes(at: model.path, spec: spec)
             for stage in model.placement.stages {
                 let id = model.devices[stage.deviceIndex]
+                var names = stage.layers.flatMap { spec.layerTensors($0).map(\.name) }
+                if stage.holdsEmbedding { names.append("model.embed_tokens.weight") }
+                if stage.holdsHead {
+                    names += ["model.norm.weight", spec.tieWordEmbeddings ? "model.embed_tokens.weight" : "lm_head.weight"]
+                }
+                usage[id].weightDTypes.formUnion(names.map(dtypeOf))
                 usage[id].roles.append(model.role)
                 usage[id].layers[model.role] = Array(stage.layers)
                 if stage.holdsEmbedding { usage[id].holds.append("\(model.role).embed_tokens") }
@@ -173,6 +214,8 @@ public struct MemoryPlan: Sendable {
                     "activation_bytes": device.activationBytes,
                     "activation_bytes_checkpointed": device.activationBytesCheckpointed,
                     "activation_bytes_full": device.activationBytesFull, "total_bytes": device.totalBytes,
+                    "weight_dtype": device.weightDTypeJSON,
+                    "held_dtype": device.heldDType.map { $0 as Any } ?? NSNull(),
                     "capacity_bytes": device.capacityBytes.map { $0 as Any } ?? NSNull(), "fits": device.fits,
                 ]
             },
