@@ -115,6 +115,7 @@ public struct MemoryPlan: Sendable {
         // machine gives a plan that does not fit, never a wrapped or negative figure.
         let tokens = Double(config.train.batchSize) * Double(config.data.maxSeqLen)
         let f32 = Double(MemoryLayout<Float>.stride)
+        let concurrent = ComputeBudget(config).concurrent
         for model in [teacher, student] {
             let spec = model.spec
             let training = model.role == "student"
@@ -134,28 +135,45 @@ public struct MemoryPlan: Sendable {
                 usage[id].parameterBytes += stage.parameterBytes
                 // Saved for backward (f32 per token): every layer's whole set, or with checkpointing each
                 // layer's input and the largest whole set (the layer being recomputed).
-                var savedFull = 0.0, savedInputs = 0.0, largestSaved = 0.0, loraBytes = 0.0, shared = 0.0
+                var savedFull = 0.0, savedInputs = 0.0, largestSaved = 0.0, loraBytes = 0.0
+                var largestTransient = 0.0
                 for layer in stage.layers {
                     if training {
                         let lora = LoRAShapes.adapters(spec: spec, layer: layer, lora: config.lora)
                         loraBytes += lora.reduce(0.0) { $0 + Double($1.inFeatures + $1.outFeatures) * Double($1.rank) } * 4 * f32
-                        let loraSaved = lora.reduce(0.0) { $0 + Double(config.lora.r) + (config.lora.dropout > 0 ? Double($1.inFeatures) : 0) }
-                        let saved = Double(MemoryPlan.savedPerToken(spec, layer: layer)) + loraSaved
+                        let saved = Double(MemoryPlan.savedPerToken(spec, layer: layer, adapters: lora, dropout: config.lora.dropout > 0))
                         savedFull += saved
                         savedInputs += Double(spec.hiddenSize)
                         largestSaved = Swift.max(largestSaved, saved)
                     }
+                    largestTransient = Swift.max(largestTransient, MemoryPlan.transientPerToken(spec, layer: layer, training: training))
                 }
-                if !stage.layers.isEmpty {
-                    shared += MemoryPlan.workingSet(spec, tokens: tokens, sequence: Double(config.data.maxSeqLen))
+                let hidden = Double(spec.hiddenSize), sequence = Double(config.data.maxSeqLen)
+                let chunk = Swift.min(tokens, Double(config.distill.chunkTokens)), vocab = Double(spec.vocabSize)
+                // Values (f32) alive at each device's peak, the largest of its phases.
+                func peak(saved: Double) -> Double {
+                    guard !stage.layers.isEmpty || stage.holdsHead else { return 0 }
+                    if !training {
+                        // Forward: the residual stream and one layer's transients (or one score matrix);
+                        // at the head the final hidden states, and one chunk of rows and of logits.
+                        let layers = stage.layers.isEmpty ? 0 : tokens * largestTransient + sequence * sequence
+                        let head = stage.holdsHead ? Swift.max(2 * tokens * hidden, tokens * hidden + chunk * (hidden + vocab)) : 0
+                        return Swift.max(layers, head)
+                    }
+                    // Backward through a layer: what is saved, the gradient flowing in and out, the final
+                    // norm's input and output and d(hidden) (or their stand-ins on an earlier stage), and
+                    // the layer's backward transients.
+                    let backward = tokens * (saved + 4 * hidden + largestTransient)
+                    guard stage.holdsHead else { return backward }
+                    // The loss: the student's logits of a chunk and the teacher's (two of them, in use and
+                    // arriving, when the teacher runs concurrently), its rows and their gradient, beside
+                    // the hidden states, the final norm's input and d(hidden).
+                    let logitChunks = concurrent ? 3.0 : 2.0
+                    let loss = tokens * (saved + 3 * hidden) + chunk * (logitChunks * vocab + 2 * hidden)
+                    return Swift.max(backward, loss)
                 }
-                if stage.holdsHead {
-                    let chunk = Swift.min(tokens, Double(config.distill.chunkTokens))
-                    let vocab = Double(spec.vocabSize)
-                    shared += training ? 3 * chunk * vocab * f32 : chunk * vocab * f32 + tokens * Double(spec.hiddenSize) * f32
-                }
-                let full = shared + tokens * f32 * savedFull
-                let checkpointed = shared + tokens * f32 * (savedInputs + largestSaved)
+                let full = f32 * peak(saved: savedFull)
+                let checkpointed = f32 * peak(saved: training ? savedInputs + largestSaved : 0)
                 usage[id].loraBytes = MemoryPlan.bytes(Double(usage[id].loraBytes) + loraBytes)
                 usage[id].activationBytesFull = MemoryPlan.bytes(Double(usage[id].activationBytesFull) + full)
                 usage[id].activationBytesCheckpointed = MemoryPlan.bytes(Double(usage[id].activationBytesCheckpointed) + checkpointed)
@@ -166,13 +184,45 @@ public struct MemoryPlan: Sendable {
         devices = usage
     }
 
-    /// f32 values a training layer saves per token for its backward pass.
-    static func savedPerToken(_ spec: ModelSpec, layer: Int) -> Int {
-        let attention = 4 * spec.hiddenSize + 3 * (spec.numHeads + 2 * spec.numKVHeads) * spec.headDim + spec.numHeads
+    /// f32 values a training layer saves per token for its backward pass (Attention.Saved, the
+    /// layer's input and middle residual with their 1/rms, MLP's gate and up, each adapter's A·x),
+    /// and the adapters' inputs: with dropout each keeps its own dropped-out copy, without they keep
+    /// the norm outputs and the MLP activation they read.
+    static func savedPerToken(_ spec: ModelSpec, layer: Int, adapters: [LoRAShapes.Adapter] = [], dropout: Bool = false) -> Int {
+        let q = spec.numHeads * spec.headDim, kv = spec.numKVHeads * spec.headDim, hidden = spec.hiddenSize
+        let attention = 3 * q + 3 * kv + spec.numHeads + spec.numKVHeads
+        let residuals = 2 * hidden + 2
+        let size: Int
         switch spec.feedForward[layer] {
-        case .dense(let size): return attention + 3 * size
-        case .sparse(let experts, let topK, let size, _): return attention + experts + topK * (3 * size + spec.hiddenSize)
+        case .dense(let intermediate): size = intermediate
+        case .sparse(_, _, let intermediate, _): size = intermediate  // students are dense; a bound for MoE
         }
+        let ranks = adapters.reduce(0) { $0 + $1.rank }
+        let inputs: Int
+        if dropout {
+            inputs = adapters.reduce(0) { $0 + $1.inFeatures }
+        } else {
+            func any(_ names: [String]) -> Bool { adapters.contains { a in names.contains { a.name.hasSuffix($0) } } }
+            inputs = (any(["q_proj", "k_proj", "v_proj"]) ? hidden : 0) + (any(["gate_proj", "up_proj"]) ? hidden : 0)
+                + (any(["down_proj"]) ? size : 0)
+        }
+        return attention + residuals + 2 * size + ranks + inputs
+    }
+
+    /// f32 values per token a layer holds at once beyond the residual stream at its busiest: in a
+    /// forward pass the norm output, the attention output and the feed-forward's gate, up and output
+    /// (a MoE block: its output, and an expert's gathered rows, gate, up and output, at most every
+    /// token routed to one expert), or the attention's projections; in training the backward's
+    /// d(activation), d(input) and an adapter's d(input) and dropout mask.
+    static func transientPerToken(_ spec: ModelSpec, layer: Int, training: Bool) -> Double {
+        let q = spec.numHeads * spec.headDim, kv = spec.numKVHeads * spec.headDim, hidden = spec.hiddenSize
+        let attention = hidden + 2 * q + 2 * kv + hidden
+        let feedForward: Int
+        switch spec.feedForward[layer] {
+        case .dense(let size): feedForward = training ? hidden + 3 * size : 3 * hidden + 2 * size
+        case .sparse(let experts, _, let size, _): feedForward = 3 * hidden + Swift.max(experts, 2 * hidden + 2 * size)
+        }
+        return Double(training ? feedForward : hidden + Swift.max(attention, feedForward))
     }
 
     /// The largest byte count a plan reports (1 EiB): three of them still add up within Int.
@@ -180,18 +230,6 @@ public struct MemoryPlan: Sendable {
 
     /// A byte count computed in floating point, saturated at `maximumBytes`.
     static func bytes(_ value: Double) -> Int { value >= Double(maximumBytes) ? maximumBytes : Int(value.rounded()) }
-
-    /// Bytes of one layer's transient buffers plus one attention score matrix.
-    static func workingSet(_ spec: ModelSpec, tokens: Double, sequence: Double) -> Double {
-        let projections = (spec.numHeads + 2 * spec.numKVHeads) * spec.headDim + 2 * spec.hiddenSize
-        let feedForward = spec.feedForward.map { kind -> Int in
-            switch kind {
-            case .dense(let size): 3 * size
-            case .sparse(let experts, let topK, let size, _): experts + topK * (3 * size + spec.hiddenSize)
-            }
-        }.max() ?? 0
-        return (tokens * Double(projections + feedForward) + sequence * sequence) * Double(MemoryLayout<Float>.stride)
-    }
 
     /// The plan as JSON-compatible data: `teacher`, `student`, `devices`, `fits`.
     public var json: [String: Any] {

@@ -1,0 +1,88 @@
+import Foundation
+import Testing
+import KDCore
+
+/// `kd plan` against what `kd train` measures: on the same run, each used device's planned
+/// `total_bytes` is within 10% of its allocator peak (`device_peak_bytes`, the largest over the
+/// metrics lines), for a dense and a MoE teacher, with activation checkpointing on and off.
+///
+/// The shapes (hidden 256, vocabulary 4,096, 2 rows of 192 tokens) make every device hold several
+/// MB, so what the plan leaves out (the routing tables, a few KB of norms' 1/rms, the allocator's
+/// 64-byte minimum) stays far below the tolerance. The runs take turns (`run.concurrency: off`):
+/// run concurrently, the teacher's thread moves its next chunk of logits onto the student's device
+/// whenever it is ready, so whether that chunk is alive at the student's peak depends on timing;
+/// taking turns, every allocation happens in one order and the peaks are the same on every run.
+@Suite(.serialized) struct MemoryPlanMeasuredTests {
+    static let vocab = 4096, rows = 2, sequence = 192
+
+    /// Shapes common to teacher and student: 4 heads of 64 over 2 kv heads, f32 weights.
+    static let common = [
+        "hidden_size=256", "num_attention_heads=4", "num_key_value_heads=2", "head_dim=64",
+        "vocab_size=\(vocab)", "max_position_embeddings=\(sequence)",
+    ]
+
+    /// A teacher (dense or MoE), a 2-layer dense student, token rows, and the arguments of a run.
+    static func makeRun(_ dir: String, moe: Bool) throws -> [String] {
+        func initialise(_ arguments: [String]) throws {
+            let made = try KDProcess.run(["init"] + arguments)
+            #expect(made.status == 0, "\(made.stderr)")
+        }
+        let teacherShape = moe
+            ? ["--preset", "qwen3-30b-a3b", "--set", "num_hidden_layers=2", "--set", "num_experts=8",
+               "--set", "num_experts_per_tok=2", "--set", "moe_intermediate_size=256"]
+            : ["--preset", "qwen3-0.6b", "--set", "num_hidden_layers=3", "--set", "intermediate_size=768"]
+        try initialise(teacherShape + common.flatMap { ["--set", $0] } + ["--output", dir + "/teacher"])
+        try initialise(["--preset", "qwen3-0.6b", "--set", "num_hidden_layers=2", "--set", "intermediate_size=512",
+                        "--seed", "2", "--output", dir + "/student"] + common.flatMap { ["--set", $0] })
+        var random = RandomGenerator(seed: 5)
+        let lines = (0..<rows).map { _ in
+            "{\"input_ids\": [\((0..<sequence).map { _ in "\(random.next() % UInt64(vocab))" }.joined(separator: ", "))]}"
+        }
+        try (lines.joined(separator: "\n") + "\n").write(toFile: dir + "/tokens.jsonl", atomically: true, encoding: .utf8)
+        let yaml = """
+            run: {seed: 7, concurrency: "off", output_dir: \(dir)/run}
+            devices: {count: 2}
+            teacher: {path: \(dir)/teacher, devices: [0]}
+            student: {path: \(dir)/student, devices: [1]}
+            lora: {r: 8, alpha: 16, dropout: 0.1}
+            distill: {alpha: 0.5, temperature: 2.0, chunk_tokens: 128}
+            data: {train: \(dir)/tokens.jsonl, format: tokens, shuffle: false, max_seq_len: \(sequence)}
+            train: {max_steps: 2, batch_size: \(rows), grad_accum_steps: 1, lr: 0.001}
+            checkpoint: {every_steps: 1000}
+
+            """
+        try yaml.write(toFile: dir + "/run.yaml", atomically: true, encoding: .utf8)
+        return ["--config", dir + "/run.yaml"]
+    }
+
+    @Test(arguments: [(false, true), (false, false), (true, true), (true, false)])
+    func planMatchesTheMeasuredPeaks(moe: Bool, checkpointing: Bool) throws {
+        let dir = KDProcess.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let run = try Self.makeRun(dir, moe: moe) + ["--set", "train.activation_checkpointing=\(checkpointing)"]
+        let planned = try KDProcess.run(["plan"] + run)
+        #expect(planned.status == 0, "\(planned.stderr)")
+        let plan = (KDProcess.json(planned.stdout)["devices"] as? [[String: Any]] ?? []).map { $0["total_bytes"] as? Int ?? -1 }
+        let trained = try KDProcess.run(["train"] + run)
+        #expect(trained.status == 0, "\(trained.stderr)")
+        let lines = ActivationCheckpointingTests.lines(trained.stdout)
+        try #require(lines.count == 2)
+        var measured = [0, 0]
+        for line in lines {
+            let peaks = try #require(line["device_peak_bytes"] as? [Int])
+            try #require(peaks.count == 2)
+            measured = zip(measured, peaks).map { Swift.max($0, $1) }
+        }
+        try #require(plan.count == 2)
+        let name = "\(moe ? "MoE" : "dense") teacher, checkpointing \(checkpointing ? "on" : "off")"
+        for device in 0..<2 {
+            let ratio = Double(plan[device]) / Double(measured[device])
+            print("\(name): device \(device) plan \(plan[device]) measured \(measured[device]) ratio "
+                + String(format: "%.4f", ratio))
+            // Not dominated by fixed overheads: several MB on each device.
+            #expect(measured[device] > 4 << 20)
+            #expect(abs(plan[device] - measured[device]) * 10 <= measured[device],
+                    "\(name): device \(device) plan \(plan[device]) vs measured \(measured[device])")
+        }
+    }
+}
