@@ -2,23 +2,32 @@ import Foundation
 import KDCore
 import KDModels
 
-/// The placement and memory of a training run, computed from the models' config.json alone.
+/// The placement and memory of a training run, computed from the models' config.json alone (and
+/// the safetensors headers, when the weights exist, for the dtypes they are stored in).
 ///
 /// Per device: parameters in f32 (kd computes in f32; bf16 checkpoints are widened), the LoRA
 /// adapters of the student layers it holds with their gradients and two AdamW moments (16 bytes
-/// per LoRA parameter), and an activation estimate:
-/// - student layers save, per token, 4·hidden (residuals and norm outputs), 3·(q heads + kv
-///   heads)·head_dim (projections before and after norm/rope, attention output), 3·intermediate
-///   (gate, up, activation), each adapter's rank (and its input when dropout is on), in f32
-///   (`activation_bytes_full`); with `train.activation_checkpointing` a device's student layers
-///   keep only their input (hidden f32 per token each) plus the full saved set of the one layer
-///   being recomputed, the largest of the device's (`activation_bytes_checkpointed`);
-/// - every device holding layers needs a working set of one layer's transients plus one
-///   attention score matrix (max_seq_len² f32);
-/// - the student's last device holds the fused loss chunk: three chunk × vocab f32 buffers
-///   (the teacher's chunk in use, its next one arriving, the student's logits overwritten by
-///   their gradient); the teacher's last device one chunk of teacher logits and the final
-///   hidden states of the batch.
+/// per LoRA parameter), and the activations alive at the device's peak, f32 per token of the
+/// batch (train.batch_size × data.max_seq_len), the largest over the phases of a step:
+/// - a teacher's device: the forward through a layer (the residual stream, the norm output, the
+///   attention output and the feed-forward's gate, up and output, a MoE block counted as if every
+///   token went to one expert; or q, k, v and the attention output beside one max_seq_len² score
+///   matrix), and at its head the final hidden states with one chunk of rows and of logits;
+/// - a student layer saves what its backward reads (`savedPerToken`: q, k before and after their
+///   norms and rope, v, the attention output, the input and middle residuals, gate and up, each
+///   adapter's A·x and input, the heads' and rows' 1/rms); all layers' sets
+///   (`activation_bytes_full`), or with `train.activation_checkpointing` each layer's input and
+///   the largest set, the layer being recomputed (`activation_bytes_checkpointed`);
+/// - a student's device in backward adds the gradient flowing in and out, the final norm's input,
+///   output and d(hidden), and one layer's backward transients (d(activation), d(input), an
+///   adapter's d(input) and dropout mask);
+/// - the student's last device in the loss adds the hidden states, the final norm's input and
+///   d(hidden), one chunk of rows and their gradient, the student's chunk of logits (overwritten by
+///   their gradient) and the teacher's chunk in use, and with `run.concurrency` the teacher's next
+///   chunk arriving.
+/// Measured against `kd train`'s device peaks this is within a few percent when activations and
+/// weights are several MB (Tests/KDCommandTests/MemoryPlanMeasuredTests.swift); the allocator's
+/// size classes and the few-KB buffers left out matter below that.
 /// `activation_bytes`, and so `total_bytes`, count the configured setting.
 public struct MemoryPlan: Sendable {
     public struct ModelPlan: Sendable {

@@ -86,3 +86,38 @@ import KDCore
         }
     }
 }
+
+/// `kd plan` names the dtype each device's weights are stored in (from the safetensors headers,
+/// else config.json's torch_dtype) and how kd holds them (f32).
+@Suite struct PlanWeightDTypeTests {
+    @Test func weightDTypeFromHeadersOrConfig() throws {
+        let dir = KDProcess.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let shape = ["--preset", "qwen3-0.6b", "--set", "num_hidden_layers=2", "--set", "hidden_size=64",
+                     "--set", "intermediate_size=96", "--set", "head_dim=16", "--set", "vocab_size=1000"]
+        // The teacher's weights exist (bf16), the student's do not (config.json only, bf16 too, and f32).
+        for (name, extra) in [("teacher", ["--dtype", "bf16"]), ("student-bf16", ["--dtype", "bf16", "--config-only"]),
+                              ("student-f32", ["--config-only"])] {
+            let made = try KDProcess.run(["init"] + shape + extra + ["--output", "\(dir)/\(name)"])
+            #expect(made.status == 0, "\(made.stderr)")
+        }
+        // The teacher's checkpoint says BF16 in its headers even when its config.json says otherwise.
+        let configPath = dir + "/teacher/config.json"
+        let config = try String(contentsOfFile: configPath, encoding: .utf8)
+        try config.replacingOccurrences(of: "\"bfloat16\"", with: "\"float32\"")
+            .write(toFile: configPath, atomically: true, encoding: .utf8)
+        for (student, expected) in [("student-bf16", "BF16"), ("student-f32", "F32")] {
+            let yaml = """
+                devices: {count: 3}
+                teacher: {path: \(dir)/teacher, devices: [0, 1]}
+                student: {path: \(dir)/\(student), devices: [2]}
+
+                """
+            let result = try KDProcess.run(["plan", "--config", "-"], stdin: yaml)
+            #expect(result.status == 0, "\(result.stderr)")
+            let devices = KDProcess.json(result.stdout)["devices"] as? [[String: Any]] ?? []
+            #expect(devices.map { $0["weight_dtype"] as? String } == ["BF16", "BF16", expected])
+            #expect(devices.map { $0["held_dtype"] as? String } == ["F32", "F32", "F32"])
+        }
+    }
+}
