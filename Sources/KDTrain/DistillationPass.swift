@@ -130,6 +130,7 @@ public struct DistillationPass {
     public let student: CausalLM
     public let alpha: Float
     public let temperature: Float
+    public let divergence: DistillationLoss.Divergence
     public let chunkTokens: Int
     public let vocab: Int
     public let budget: ComputeBudget
@@ -142,12 +143,13 @@ public struct DistillationPass {
         public var transferBytes = 0
     }
 
-    public init(teacher: CausalLM, student: CausalLM, alpha: Float, temperature: Float, chunkTokens: Int,
-                vocab: Int, budget: ComputeBudget) {
+    public init(teacher: CausalLM, student: CausalLM, alpha: Float, temperature: Float,
+                divergence: DistillationLoss.Divergence = .forwardKL, chunkTokens: Int, vocab: Int, budget: ComputeBudget) {
         self.teacher = teacher
         self.student = student
         self.alpha = alpha
         self.temperature = temperature
+        self.divergence = divergence
         self.chunkTokens = chunkTokens
         self.vocab = vocab
         self.budget = budget
@@ -204,7 +206,7 @@ public struct DistillationPass {
         let dHidden: Tensor? = training ? try Tensor.zeros(studentHidden.shape, on: studentDevice) : nil
         let settings = DistillationLoss.Settings(
             alpha: alpha, temperature: temperature, gradientScale: gradientScale ?? 0, stride: student.spec.vocabSize,
-            vocab: vocab)
+            vocab: vocab, divergence: divergence)
         let hiddenSize = student.spec.hiddenSize, studentVocab = student.spec.vocabSize
         for start in stride(from: 0, to: rows.count, by: chunkTokens) {
             let range = start..<min(rows.count, start + chunkTokens)

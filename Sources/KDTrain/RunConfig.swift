@@ -30,7 +30,18 @@ public struct RunConfig: Equatable, Sendable {
     public struct Distill: Equatable, Sendable {
         public var alpha: Double = 0.8
         public var temperature: Double = 2.0
+        public var loss = DivergenceName.forwardKL
+        public var jsdBeta: Double = 0.5
         public var chunkTokens = 256
+
+        /// The loss kernel's divergence of these settings.
+        public var divergence: DistillationLoss.Divergence {
+            switch loss {
+            case .forwardKL: .forwardKL
+            case .reverseKL: .reverseKL
+            case .jsd: .jsd(beta: Float(jsdBeta))
+            }
+        }
     }
 
     public struct DataSection: Equatable, Sendable {
@@ -90,6 +101,11 @@ public struct RunConfig: Equatable, Sendable {
 }
 
 public enum LRSchedule: String, CaseIterable, Sendable { case constant, linear, cosine }
+
+/// `distill.loss`: the divergence of the distillation term (DistillationLoss.Divergence).
+public enum DivergenceName: String, CaseIterable, Sendable {
+    case forwardKL = "forward_kl", reverseKL = "reverse_kl", jsd
+}
 
 // MARK: - Schema
 
@@ -193,6 +209,7 @@ extension DataFormat: ConfigEnum {}
 extension BadRecordPolicy: ConfigEnum {}
 extension LRSchedule: ConfigEnum {}
 extension Concurrency: ConfigEnum {}
+extension DivergenceName: ConfigEnum {}
 
 extension RunConfig {
     private static func field<V: ConfigValue>(
@@ -223,8 +240,12 @@ extension RunConfig {
         field("lora.use_rslora", \.lora.useRSLoRA, "Rank-stabilised scaling alpha/sqrt(r)."),
         field("lora.init", \.lora.initMethod, "Adapter init: default (A kaiming-uniform, B zero), gaussian, pissa."),
         field("lora.init_from", \.lora.initFrom, "A PEFT adapter directory to start from instead of a fresh init."),
-        field("distill.alpha", \.distill.alpha, "Weight of the KL term: loss = alpha*T^2*KL + (1-alpha)*CE."),
-        field("distill.temperature", \.distill.temperature, "Softmax temperature T of the KL term."),
+        field("distill.alpha", \.distill.alpha, "Weight of the distillation term: loss = alpha*T^2*D + (1-alpha)*CE."),
+        field("distill.temperature", \.distill.temperature, "Softmax temperature T of the distillation term."),
+        field("distill.loss", \.distill.loss,
+              "Divergence D between teacher p and student q at T: forward_kl KL(p||q), reverse_kl KL(q||p), or jsd (generalized Jensen-Shannon with distill.jsd_beta)."),
+        field("distill.jsd_beta", \.distill.jsdBeta,
+              "beta of jsd, in (0, 1): D = beta*KL(p||m) + (1-beta)*KL(q||m), m = beta*p + (1-beta)*q (TRL GKD's beta)."),
         field("distill.chunk_tokens", \.distill.chunkTokens, "Tokens per chunk of the fused output-projection + loss."),
         field("data.train", \.data.train, "Training JSONL file."),
         field("data.eval", \.data.eval, "Held-out JSONL file for evaluation."),
@@ -382,6 +403,7 @@ extension RunConfig {
         try require(!lora.targetModules.isEmpty, "lora.target_modules", "must name at least one module")
         try require(distill.alpha >= 0 && distill.alpha <= 1, "distill.alpha", "must be in [0, 1]")
         try range(distill.temperature, "distill.temperature", 1e-3...1e3)
+        try require(distill.jsdBeta > 0 && distill.jsdBeta < 1, "distill.jsd_beta", "(\(distill.jsdBeta)) must be in (0, 1)")
         try range(distill.chunkTokens, "distill.chunk_tokens", 1...Limits.tokens)
         try range(data.maxSeqLen, "data.max_seq_len", 2...Limits.sequence)
         try range(train.maxSteps, "train.max_steps", 0...Limits.steps)

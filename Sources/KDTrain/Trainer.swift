@@ -7,7 +7,10 @@ import KDText
 public struct StepMetrics: Sendable {
     public var step = 0
     public var loss = 0.0
+    /// The forward KL(teacher‖student), whatever `distill.loss` is, and the chosen divergence
+    /// (the same number for forward_kl); both means over the scored tokens at temperature T.
     public var klLoss = 0.0
+    public var divergence = 0.0
     public var ceLoss = 0.0
     public var gradNorm = 0.0
     public var lr = 0.0
@@ -30,7 +33,7 @@ public struct StepMetrics: Sendable {
 
     /// The metrics.jsonl object.
     public var json: [String: Any] {
-        ["step": step, "loss": loss, "kl_loss": klLoss, "ce_loss": ceLoss, "grad_norm": gradNorm, "lr": lr,
+        ["step": step, "loss": loss, "kl_loss": klLoss, "divergence": divergence, "ce_loss": ceLoss, "grad_norm": gradNorm, "lr": lr,
          "tokens": tokens, "scored_tokens": scoredTokens, "tokens_per_s": tokensPerSecond, "teacher_ms": teacherMs,
          "student_ms": studentMs, "transfer_bytes": transferBytes, "elapsed_s": elapsedSeconds, "top1_agreement": agreement,
          "device_peak_bytes": devicePeakBytes, "peak_rss_bytes": peakRSSBytes]
@@ -99,7 +102,8 @@ public struct RunModels {
     /// The distillation pass of a run's settings over these models.
     public func pass(_ config: RunConfig) -> DistillationPass {
         DistillationPass(teacher: teacher, student: student, alpha: Float(config.distill.alpha),
-                         temperature: Float(config.distill.temperature), chunkTokens: config.distill.chunkTokens,
+                         temperature: Float(config.distill.temperature), divergence: config.distill.divergence,
+                         chunkTokens: config.distill.chunkTokens,
                          vocab: vocab, budget: budget)
     }
 }
@@ -229,8 +233,9 @@ public final class Trainer {
         let n = Double(scored)
         let alpha = config.distill.alpha, temperature = config.distill.temperature
         metrics.klLoss = totals.kl / n
+        metrics.divergence = totals.divergence / n
         metrics.ceLoss = totals.ce / n
-        metrics.loss = alpha * temperature * temperature * metrics.klLoss + (1 - alpha) * metrics.ceLoss
+        metrics.loss = alpha * temperature * temperature * metrics.divergence + (1 - alpha) * metrics.ceLoss
         metrics.agreement = Double(totals.agreements) / n
         metrics.gradNorm = optimizer.gradientNorm()
         guard metrics.loss.isFinite else {
@@ -300,11 +305,15 @@ public final class Trainer {
     }
 
     /// FNV-1a of every key that changes the numbers of a step (not max_steps, bookkeeping, or
-    /// activation checkpointing, which gives the same numbers bit for bit).
+    /// activation checkpointing, which gives the same numbers bit for bit). distill.loss enters
+    /// unless it is forward_kl, and distill.jsd_beta only with jsd, so the hash of a forward_kl
+    /// run is the one kd computed before these keys existed (its checkpoints resume unchanged).
     var configHash: String {
-        let ignored: Set<String> = ["train.max_steps", "run.output_dir", "run.threads", "run.concurrency", "checkpoint.every_steps",
+        var ignored: Set<String> = ["train.max_steps", "run.output_dir", "run.threads", "run.concurrency", "checkpoint.every_steps",
                                     "checkpoint.keep_last", "checkpoint.save_merged", "log.every_steps",
                                     "train.activation_checkpointing"]
+        if config.distill.loss == .forwardKL { ignored.insert("distill.loss") }
+        if config.distill.loss != .jsd { ignored.insert("distill.jsd_beta") }
         let text = config.effectiveValues.filter { !ignored.contains($0.key) }.map { "\($0.key)=\($0.value)" }
             .joined(separator: "\n")
         return String(RandomGenerator.hash(text), radix: 16)
