@@ -63,6 +63,23 @@ import KDCore
         #expect(Self.message("a: b: c").hasPrefix("run.yaml: not valid YAML"))
     }
 
+    @Test func divergenceSettings() throws {
+        let yaml = "teacher: {path: t}\nstudent: {path: s}\n"
+        #expect(try RunConfig.parse(yaml: yaml, file: "run.yaml").distill.divergence == .forwardKL)
+        #expect(try RunConfig.parse(yaml: yaml, file: "run.yaml", overrides: ["distill.loss=reverse_kl"]).distill.divergence
+            == .reverseKL)
+        #expect(try RunConfig.parse(yaml: yaml, file: "run.yaml", overrides: ["distill.loss=jsd"]).distill.divergence
+            == .jsd(beta: 0.5))
+        #expect(try RunConfig.parse(yaml: yaml + "distill: {loss: jsd, jsd_beta: 0.1}", file: "run.yaml").distill.divergence
+            == .jsd(beta: 0.1))
+        #expect(Self.message("distill: {jsd_beta: 0}") == "run.yaml: distill.jsd_beta (0.0) must be in (0, 1)")
+        #expect(Self.message("distill: {jsd_beta: 1}") == "run.yaml: distill.jsd_beta (1.0) must be in (0, 1)")
+        #expect(Self.message("", ["distill.jsd_beta=1.5"]) == "run.yaml: distill.jsd_beta (1.5) must be in (0, 1)")
+        #expect(Self.message("distill: {loss: kl}")
+            == "run.yaml:1: distill.loss: expected one of forward_kl, reverse_kl, jsd, got 'kl'")
+        #expect(Self.message("", ["distill.loss=JSD"]) == "--set: distill.loss: expected one of forward_kl, reverse_kl, jsd, got 'JSD'")
+    }
+
     @Test func byteSizes() {
         #expect(ByteSize(parsing: "80GiB")?.bytes == 80 << 30)
         #expect(ByteSize(parsing: "1.5GB")?.bytes == 1_500_000_000)
