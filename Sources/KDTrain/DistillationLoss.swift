@@ -130,13 +130,12 @@ public enum DistillationLoss {
         // gradient pass needs no exponential.
         let wholeT = settings.temperature == settings.temperature.rounded() && (1...4).contains(settings.temperature)
             ? Int(settings.temperature) : 0
-        var reverse = false, jsdBeta: Float = 0
+        var reverse = false, jsd = false, jsdBeta: Float = 0
         switch settings.divergence {
         case .forwardKL: break
         case .reverseKL: reverse = true
-        case .jsd(let beta): jsdBeta = beta
+        case .jsd(let beta): (jsd, jsdBeta) = (true, beta)
         }
-        let jsd = jsdBeta > 0
         // With jsd the mixture pass needs the logits, so it (not the sums pass) keeps e^b.
         let keepStudentExp = gradient && wholeT > 0 && !jsd
         // What the sums pass leaves in the teacher buffer: e^a (forward_kl) or b − a (reverse_kl).

@@ -31,6 +31,10 @@ import KDCore
 
         let kl = try #require(forward["kl_loss"] as? Double), ce = try #require(forward["ce_loss"] as? Double)
         #expect(forward["divergence"] as? Double == kl)
+        // distill.jsd_beta does nothing to forward_kl.
+        for key in ["loss", "kl_loss", "divergence", "ce_loss", "grad_norm"] {
+            #expect(forwardOtherBeta[key] as? Double == forward[key] as? Double, "\(key)")
+        }
         // run.yaml: alpha 0.8, T 2.
         for (name, line) in [("reverse_kl", reverse), ("jsd 0.3", jsd), ("jsd 0.5", jsdHalf)] {
             let divergence = try #require(line["divergence"] as? Double, "\(name)")
