@@ -154,5 +154,7 @@ import KDModels
                                    on: try DeviceGroup.make(count: 1))
         #expect(Self.message { _ = try lm.logits(TokenBatch(rows: [[1, 2], [3, 128]])) }
             == "token id 128 at row 1, position 1 is outside the vocabulary (vocab_size 128)")
+        #expect(Self.message { _ = try lm.logits(TokenBatch(rows: [[1, 1 << 40]])) }
+            == "token id 2147483647 at row 0, position 1 is outside the vocabulary (vocab_size 128)")
     }
 }

@@ -18,14 +18,15 @@ public struct TokenBatch: Sendable {
         self.attentionMask = attentionMask
     }
 
-    /// Right-pads `rows` to `length` (default: the longest row) with `padID` and a zero mask.
+    /// Right-pads `rows` to `length` (default: the longest row) with `padID` and a zero mask. Ids
+    /// beyond Int32 are clamped (and then refused by the model as outside its vocabulary).
     public init(rows: [[Int]], padID: Int = 0, length: Int? = nil) {
         let length = length ?? rows.map(\.count).max() ?? 0
-        var ids = [Int32](repeating: Int32(padID), count: rows.count * length)
+        var ids = [Int32](repeating: Int32(clamping: padID), count: rows.count * length)
         var mask = [UInt8](repeating: 0, count: rows.count * length)
         for (r, row) in rows.enumerated() {
             for (t, id) in row.enumerated() {
-                ids[r * length + t] = Int32(id)
+                ids[r * length + t] = Int32(clamping: id)
                 mask[r * length + t] = 1
             }
         }
