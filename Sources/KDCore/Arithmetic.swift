@@ -11,14 +11,3 @@ public func checkedProduct(_ factors: [Int]) -> Int? {
     }
     return product
 }
-
-/// The sum of `terms`, or nil when it overflows Int.
-public func checkedSum(_ terms: [Int]) -> Int? {
-    var sum = 0
-    for term in terms {
-        let (value, overflow) = sum.addingReportingOverflow(term)
-        if overflow { return nil }
-        sum = value
-    }
-    return sum
-}

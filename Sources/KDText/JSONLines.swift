@@ -1,10 +1,5 @@
 import Foundation
 import KDCore
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif
 
 /// A JSON Lines file read record by record; every error names the file and line.
 public struct JSONLines {
@@ -71,7 +66,6 @@ public struct JSONLines {
         return text.count <= 24 ? text : text.prefix(24) + "… (\(text.count) characters)"
     }
 
-    /// JSON booleans also arrive as NSNumber; they are not token ids.
     /// One line as a JSON object, or a KDError saying what it is instead.
     public static func parse(_ line: Data) throws -> [String: Any] {
         try checkKeys(line)
