@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Makes the forward-parity fixtures under Tests/Fixtures/forward with transformers.
 
-Each fixture is a small random Qwen3 or Qwen3-MoE checkpoint saved by `save_pretrained`, a
-tokens.jsonl with a right-padded batch, and expected.safetensors holding transformers' fp32
-logits [B, S, V] and the attention mask. Run from the repository root:
+Each fixture is a small random Qwen3 or Qwen3-MoE checkpoint saved by `save_pretrained` (every
+weight exactly representable in bf16, stored as F32 except dense-bf16's BF16), a tokens.jsonl
+with a right-padded batch, and expected.safetensors holding transformers' fp32 logits [B, S, V]
+and the attention mask. Run from the repository root:
 
     pip install torch transformers safetensors
     python3 Scripts/make_forward_fixtures.py
@@ -46,8 +47,21 @@ FIXTURES = [
 LENGTHS = [9, 5, 9]
 
 
+def round_to_bf16(param):
+    """Rounds an f32 parameter in place to the nearest bf16 value, kept as f32.
+
+    kd can hold frozen base weights in bf16 (student.dtype: bf16, --dtype bf16). With every base
+    weight exactly representable in bf16, narrowing f32 -> bf16 is exact, so the same fixture and
+    the same transformers reference check kd with f32- and with bf16-held weights. The rounding
+    happens before anything is computed from the weights, so the reference logits are of the
+    rounded model. (dense-bf16, saved as BF16, is unchanged by it: round-to-nearest-even twice is
+    once.)"""
+    param.copy_(param.to(torch.bfloat16).to(torch.float32))
+
+
 def randomise(model, generator):
-    """Replaces every weight with values large enough that each part of the model matters."""
+    """Replaces every weight with values large enough that each part of the model matters, each
+    exactly representable in bf16."""
     with torch.no_grad():
         for name, param in model.named_parameters():
             if "norm" in name:
@@ -57,6 +71,7 @@ def randomise(model, generator):
             else:
                 fan_in = param.shape[-1]
                 param.copy_(torch.randn(param.shape, generator=generator) * (1.5 / fan_in ** 0.5))
+            round_to_bf16(param)
 
 
 def published_style(config_path):

@@ -1,13 +1,13 @@
 #!/usr/bin/env python3
 """Makes the distillation-training parity fixtures under Tests/Fixtures/train with torch + PEFT.
 
-Each fixture holds a small random teacher (dense Qwen3 or Qwen3-MoE), a small dense student, a
-PEFT LoRA adapter on all seven projections with non-zero B (adapter-init/), tokens.jsonl (rows
-of input_ids with -100 prompt labels, of different lengths so batches are right-padded),
-run.yaml (the kd settings; the test supplies paths), expected.safetensors: for steps 1 and 2
-the loss, kl_loss, ce_loss, grad_norm, every LoRA gradient before clipping and its magnitude (see
-Magnitudes), and every LoRA tensor after the two AdamW steps; and torch-step-1/, the reference's
-state after step 1 in kd's checkpoint layout: adapter_model.safetensors and adapter_config.json as PEFT saves them, and
+Each fixture holds a small random teacher (dense Qwen3 or Qwen3-MoE) and a small dense student
+(F32 files, every weight exactly representable in bf16), a PEFT LoRA adapter on all seven
+projections with non-zero B (adapter-init/), tokens.jsonl (rows of input_ids with -100 prompt
+labels, of different lengths so batches are right-padded), run.yaml (the kd settings; the test
+supplies paths), expected.safetensors: for steps 1 and 2 the loss, kl_loss, ce_loss, grad_norm,
+every LoRA gradient before clipping and its magnitude (see Magnitudes), and every LoRA tensor
+after the two AdamW steps; and torch-step-1/, the reference's state after step 1 in kd's checkpoint layout: adapter_model.safetensors and adapter_config.json as PEFT saves them, and
 optimizer.safetensors with AdamW's exp_avg and exp_avg_sq per LoRA matrix (named as kd names its
 optimizer slots; metadata step = 1). kd's trainer_state.json (step, data cursor, config hash) is
 not written here: the parity test takes it from kd's own step-1 checkpoint of the same run and
@@ -54,7 +54,19 @@ SETTINGS = dict(alpha=0.8, temperature=2.0, lr=1e-2, weight_decay=0.01, betas=(0
 LENGTHS = [(3, 11), (2, 7), (4, 9), (1, 12)]
 
 
+def round_to_bf16(param):
+    """Rounds an f32 base-model parameter in place to the nearest bf16 value, kept as f32.
+
+    kd can hold frozen base weights in bf16 (student.dtype: bf16, --dtype bf16). With every
+    teacher and student weight exactly representable in bf16, narrowing f32 -> bf16 is exact, so
+    the same fixture and the same torch reference check kd with f32- and with bf16-held weights.
+    The rounding happens right after randomisation, before anything is computed from the weights.
+    The LoRA adapter (adapter-init/, torch-step-1/) is trained in f32 and is not rounded."""
+    param.copy_(param.to(torch.bfloat16).to(torch.float32))
+
+
 def randomise(model, generator, scale):
+    """Replaces every base-model weight with random values, each exactly representable in bf16."""
     with torch.no_grad():
         for name, param in model.named_parameters():
             if "norm" in name:
@@ -63,6 +75,7 @@ def randomise(model, generator, scale):
                 param.copy_(torch.randn(param.shape, generator=generator) * 0.5)
             else:
                 param.copy_(torch.randn(param.shape, generator=generator) * (scale / param.shape[-1] ** 0.5))
+            round_to_bf16(param)
 
 
 def kd_loss(teacher_logits, student_logits, labels, n, alpha, temperature):
@@ -141,11 +154,14 @@ class Magnitudes:
         return result
 
 
-def unpathed(config_path):
-    """Drops the generating machine's student path from a PEFT adapter_config.json, as adapter-init/ has none."""
+def settled(config_path):
+    """Makes a PEFT adapter_config.json reproducible: target_modules sorted (PEFT writes them in a
+    set's order, which changes from run to run) and without the generating machine's student path
+    (as adapter-init/, whose student was not loaded from a path, has none)."""
     with open(config_path) as f:
         config = json.load(f)
     config["base_model_name_or_path"] = None
+    config["target_modules"] = sorted(config["target_modules"])
     with open(config_path, "w") as f:
         f.write(json.dumps(config, indent=2, sort_keys=True))
 
@@ -154,7 +170,7 @@ def save_state(peft_model, optimizer, params, step, directory):
     """The reference's adapter and AdamW moments after `step` steps, in kd's checkpoint layout."""
     peft_model.save_pretrained(directory)
     os.remove(os.path.join(directory, "README.md"))  # PEFT's model card; kd does not read it
-    unpathed(os.path.join(directory, "adapter_config.json"))
+    settled(os.path.join(directory, "adapter_config.json"))
     moments = {}
     for name, p in params:
         state = optimizer.state[p]
@@ -193,6 +209,7 @@ def make(index, fixture):
             if "lora_" in name:  # non-zero B, so every gradient is informative
                 param.copy_(torch.randn(param.shape, generator=generator) * 0.3)
     peft_model.save_pretrained(os.path.join(out, "adapter-init"))
+    settled(os.path.join(out, "adapter-init", "adapter_config.json"))
     peft_model = PeftModel.from_pretrained(
         Qwen3ForCausalLM.from_pretrained(os.path.join(out, "student"), attn_implementation="eager"),
         os.path.join(out, "adapter-init"), is_trainable=True)
