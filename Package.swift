@@ -24,6 +24,13 @@ let checkedSettings: [SwiftSetting] = [
     .swiftLanguageMode(.v5),
 ]
 let settings: [SwiftSetting] = [.swiftLanguageMode(.v5)]
+// The C kernels: optimised, for the same CPUs as the Swift ones, and never contracting a*b+c on
+// their own (the fused products are written out, so every build sums the same way).
+#if arch(x86_64)
+let cKernelFlags = ["-O3", "-mavx2", "-mfma", "-ffp-contract=off"]
+#else
+let cKernelFlags = ["-O3", "-ffp-contract=off"]
+#endif
 
 let package = Package(
     name: "kd",
@@ -41,8 +48,11 @@ let package = Package(
             name: "COpenBLAS",
             providers: [.apt(["libopenblas-dev", "liblapacke-dev"])]
         ),
+        // Decoding's matrix-vector kernels over f32 and bf16 weights, in C with AVX2 intrinsics
+        // (Swift's SIMD widening of 16-bit lanes runs lane by lane).
+        .target(name: "CKernels", cSettings: [.unsafeFlags(cKernelFlags)]),
         // Tensors, devices, device groups, BLAS and SIMD kernels.
-        .target(name: "KDCore", dependencies: ["COpenBLAS"], swiftSettings: kernelSettings),
+        .target(name: "KDCore", dependencies: ["COpenBLAS", "CKernels"], swiftSettings: kernelSettings),
         // safetensors, model configs, Qwen3 / Qwen3-MoE, LoRA, placement.
         .target(name: "KDModels", dependencies: ["KDCore"], swiftSettings: checkedSettings),
         // Tokenizer, chat template, datasets and batches.

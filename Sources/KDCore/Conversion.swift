@@ -48,24 +48,17 @@ public enum Conversion {
         }
     }
 
-    /// Writes the transpose of a row-major [rows, cols] F32, BF16 or F16 matrix into `out` as f32
-    /// [cols, rows]: tiles are widened row by row into a small buffer, then written out column by
-    /// column, on all cores.
-    public static func transpose(_ source: UnsafeRawPointer, dtype: DType, rows: Int, cols: Int, into out: UnsafeMutablePointer<Float>) {
-        let tile = 64
-        DispatchQueue.concurrentPerform(iterations: (rows + tile - 1) / tile) { block in
-            let buffer = UnsafeMutablePointer<Float>.allocate(capacity: tile * tile)
+    /// `count` F32 (possibly unaligned), BF16 or F16 values at `source` as bf16 into `out`
+    /// (round-to-nearest-even), through a small f32 buffer, on all cores.
+    public static func narrowBF16(_ source: UnsafeRawPointer, dtype: DType, into out: UnsafeMutablePointer<UInt16>, count: Int) {
+        if dtype == .bf16 { return UnsafeMutableRawPointer(out).copyMemory(from: source, byteCount: count * 2) }
+        inParallelChunks(count) { range in
+            let buffer = UnsafeMutablePointer<Float>.allocate(capacity: 4096)
             defer { buffer.deallocate() }
-            let r0 = block * tile, height = min(tile, rows - r0)
-            for c0 in stride(from: 0, to: cols, by: tile) {
-                let width = min(tile, cols - c0)
-                for i in 0..<height {
-                    widen(source + ((r0 + i) * cols + c0) * dtype.size, dtype: dtype, into: buffer + i * tile, count: width)
-                }
-                for c in 0..<width {
-                    let column = out + (c0 + c) * rows + r0
-                    for i in 0..<height { column[i] = buffer[i * tile + c] }
-                }
+            for start in stride(from: range.lowerBound, to: range.upperBound, by: 4096) {
+                let n = min(4096, range.upperBound - start)
+                widen(source + start * dtype.size, dtype: dtype, into: buffer, count: n)
+                narrowBF16(buffer, into: out + start, count: n)
             }
         }
     }

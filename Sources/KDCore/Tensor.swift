@@ -1,64 +1,69 @@
 import Foundation
 
-/// The memory behind a tensor. It belongs to one device and goes back to that device's cache
-/// when the last tensor using it is gone.
+/// The memory behind a tensor: bytes on one device. Pooled memory goes back to that device's
+/// cache when the last tensor using it is gone; borrowed memory (a memory-mapped file) is only
+/// accounted for.
 public final class Storage: @unchecked Sendable {
-    public let pointer: UnsafeMutablePointer<Float>
-    public let count: Int
+    public let raw: UnsafeMutableRawPointer
+    public let byteCount: Int
     public let device: Device
     private let backing: Backing
 
     enum Backing {
         case pooled(sizeClass: Int)
         /// A view into memory another object owns (a memory-mapped file); `owner` keeps it alive.
-        case external(owner: AnyObject, bytes: Int)
+        case external(owner: AnyObject)
     }
 
-    init(count: Int, device: Device) throws {
-        let (raw, sizeClass) = try device.allocate(bytes: max(1, count) * MemoryLayout<Float>.stride)
-        self.pointer = raw.bindMemory(to: Float.self, capacity: max(1, count))
-        self.count = count
+    init(bytes: Int, device: Device) throws {
+        let (raw, sizeClass) = try device.allocate(bytes: max(MemoryLayout<Float>.stride, bytes))
+        self.raw = raw
+        self.byteCount = bytes
         self.device = device
         self.backing = .pooled(sizeClass: sizeClass)
     }
 
-    public init(borrowing pointer: UnsafeMutablePointer<Float>, count: Int, owner: AnyObject, device: Device) throws {
-        let bytes = count * MemoryLayout<Float>.stride
+    /// Memory `owner` keeps alive (a mapped file), counted against `device`'s budget while in use.
+    public init(borrowing raw: UnsafeMutableRawPointer, bytes: Int, owner: AnyObject, device: Device) throws {
         try device.account(external: bytes)
-        self.pointer = pointer
-        self.count = count
+        self.raw = raw
+        self.byteCount = bytes
         self.device = device
-        self.backing = .external(owner: owner, bytes: bytes)
+        self.backing = .external(owner: owner)
     }
 
     deinit {
         switch backing {
-        case .pooled(let sizeClass): device.release(UnsafeMutableRawPointer(pointer), sizeClass: sizeClass)
-        case .external(_, let bytes): device.release(external: bytes)
+        case .pooled(let sizeClass): device.release(raw, sizeClass: sizeClass)
+        case .external: device.release(external: byteCount)
         }
     }
 }
 
-/// A dense, contiguous, row-major f32 tensor on one device.
+/// A dense, contiguous, row-major tensor on one device, of f32 (everything kd computes) or bf16
+/// (frozen weights held as their checkpoint stores them; see `WeightProducts`).
 ///
 /// `Tensor` is a value holding a reference to its storage: copies share the same memory, and
 /// `reshaped` is free. Moving data to another device is always an explicit `to(_:)`.
 public struct Tensor: @unchecked Sendable {
     public let storage: Storage
     public let shape: [Int]
+    public let dtype: DType
 
-    public init(storage: Storage, shape: [Int]) {
-        precondition(shape.reduce(1, *) <= storage.count, "shape \(shape) exceeds storage of \(storage.count)")
+    public init(storage: Storage, shape: [Int], dtype: DType = .f32) {
+        precondition(dtype == .f32 || dtype == .bf16, "tensors hold F32 or BF16, not \(dtype.rawValue)")
+        precondition(shape.reduce(1, *) * dtype.size <= storage.byteCount, "shape \(shape) exceeds storage of \(storage.byteCount) bytes")
         self.storage = storage
         self.shape = shape
+        self.dtype = dtype
     }
 
     /// An uninitialised tensor (its memory may hold a previous tensor's values).
-    public init(uninitializedShape shape: [Int], on device: Device) throws {
-        guard let count = checkedProduct(shape), count <= Int.max / MemoryLayout<Float>.stride else {
+    public init(uninitializedShape shape: [Int], dtype: DType = .f32, on device: Device) throws {
+        guard let count = checkedProduct(shape), count <= Int.max / dtype.size else {
             throw KDError("\(device): a tensor of shape \(shape) is too large to allocate")
         }
-        self.init(storage: try Storage(count: count, device: device), shape: shape)
+        self.init(storage: try Storage(bytes: count * dtype.size, device: device), shape: shape, dtype: dtype)
     }
 
     public static func zeros(_ shape: [Int], on device: Device) throws -> Tensor {
@@ -76,14 +81,21 @@ public struct Tensor: @unchecked Sendable {
     }
 
     public var device: Device { storage.device }
-    public var data: UnsafeMutablePointer<Float> { storage.pointer }
+    /// The elements of an f32 tensor. A bf16 tensor has no f32 view: reaching for one is a
+    /// programming error, caught even in kernels compiled without checks.
+    public var data: UnsafeMutablePointer<Float> {
+        if _slowPath(dtype != .f32) { fatalError("a \(dtype.rawValue) tensor of shape \(shape) read as F32") }
+        return storage.raw.assumingMemoryBound(to: Float.self)
+    }
+    /// The elements' bytes, of any dtype.
+    public var bytes: UnsafeMutableRawPointer { storage.raw }
     public var count: Int { shape.reduce(1, *) }
-    public var byteCount: Int { count * MemoryLayout<Float>.stride }
+    public var byteCount: Int { count * dtype.size }
     public var rank: Int { shape.count }
 
     public func reshaped(_ newShape: [Int]) -> Tensor {
         precondition(newShape.reduce(1, *) == count, "cannot reshape \(shape) to \(newShape)")
-        return Tensor(storage: storage, shape: newShape)
+        return Tensor(storage: storage, shape: newShape, dtype: dtype)
     }
 
     public var buffer: UnsafeMutableBufferPointer<Float> { UnsafeMutableBufferPointer(start: data, count: count) }
@@ -93,16 +105,34 @@ public struct Tensor: @unchecked Sendable {
     /// The only way across devices: a copy onto `target` (itself when it is already there).
     public func to(_ target: Device) throws -> Tensor {
         if target === device { return self }
-        let copy = try Tensor(uninitializedShape: shape, on: target)
-        copy.data.update(from: data, count: count)
-        return copy
+        return try copy(on: target)
     }
 
     /// A fresh copy on the same device.
-    public func clone() throws -> Tensor {
-        let copy = try Tensor(uninitializedShape: shape, on: device)
-        copy.data.update(from: data, count: count)
+    public func clone() throws -> Tensor { try copy(on: device) }
+
+    private func copy(on target: Device) throws -> Tensor {
+        let copy = try Tensor(uninitializedShape: shape, dtype: dtype, on: target)
+        copy.bytes.copyMemory(from: bytes, byteCount: byteCount)
         return copy
+    }
+
+    /// The values as f32 in a new tensor on the same device (a copy even when already f32).
+    public func widened() throws -> Tensor {
+        let out = try Tensor(uninitializedShape: shape, on: device)
+        Conversion.widen(bytes, dtype: dtype, into: out.data, count: count)
+        return out
+    }
+
+    /// The values in `target` dtype in a new tensor on the same device; f32 → bf16 rounds to
+    /// nearest even, as torch's `.to(torch.bfloat16)`.
+    public func converted(to target: DType) throws -> Tensor {
+        if target == .f32 { return try widened() }
+        precondition(target == .bf16, "tensors hold F32 or BF16")
+        if dtype == .bf16 { return try clone() }
+        let out = try Tensor(uninitializedShape: shape, dtype: .bf16, on: device)
+        Conversion.narrowBF16(data, into: out.bytes.assumingMemoryBound(to: UInt16.self), count: count)
+        return out
     }
 }
 

@@ -1,0 +1,12 @@
+#pragma once
+#include <stdint.h>
+
+// The matrix-vector product of decoding (one row of activations) with a bf16 weight, where the
+// weight's bytes are all that matter: y[o] = scale * (W[o, :] . x) (+ y[o] when accumulate), for
+// rows [first, end) of a row-major W with `cols` columns; `xp` is x in pair order (kd_pair_order).
+void kd_gemv_bf16(const uint16_t *w, long first, long end, long cols, const float *x, const float *xp, float *y,
+                  int accumulate, float scale);
+
+// xp[16b + j] = x[16b + 2j] and xp[16b + 8 + j] = x[16b + 2j + 1] for j < 8 and every whole
+// block b of 16 columns (cols / 16 * 16 values).
+void kd_pair_order(const float *x, long cols, float *xp);
