@@ -114,7 +114,7 @@ enum FuzzDrivers {
             _ = try? file.bytes(name)
             if info.dtype.isFloatingPoint {
                 _ = try? file.load(name, on: device)
-                if info.shape.count == 2 { _ = try? file.loadTransposed(name, on: device) }
+                _ = try? file.load(name, on: device, as: .bf16)
             }
         }
     }

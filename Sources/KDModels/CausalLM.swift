@@ -10,35 +10,34 @@ public final class CausalLM {
     public let group: DeviceGroup
     public let placement: Placement
     /// The embedding [vocab, hidden] on the first device; nil when it is tied to the output
-    /// projection on the same device (token rows are then read from `lmHeadTransposed`).
+    /// projection on the same device (token rows are then read from `lmHead`).
     public let embedding: Tensor?
     public let layers: [DecoderLayer]
     public let finalNorm: Tensor
-    /// The output projection stored transposed, [hidden, vocab], on the last device: logits are
-    /// then a plain product x·Wᵀ, and d(hidden) = d(logits)·W its transposed form, which OpenBLAS
-    /// runs about 10% faster than the other way round for vocabulary-sized matrices.
-    public let lmHeadTransposed: Tensor
+    /// The output projection [vocab, hidden] on the last device, held as the checkpoint stores it
+    /// (or as `WeightDType` says): logits = x·Wᵀ and d(hidden) = d(logits)·W through `WeightProducts`.
+    public let lmHead: Tensor
     /// Bytes of activations and their gradients this model has copied between its devices.
     public var movedBytes: Int { moved.load(ordering: .relaxed) }
     private let moved = Atomic<Int>(0)
 
     init(spec: ModelSpec, group: DeviceGroup, placement: Placement, embedding: Tensor?, layers: [DecoderLayer],
-         finalNorm: Tensor, lmHeadTransposed: Tensor) {
+         finalNorm: Tensor, lmHead: Tensor) {
         self.spec = spec
         self.group = group
         self.placement = placement
         self.embedding = embedding
         self.layers = layers
         self.finalNorm = finalNorm
-        self.lmHeadTransposed = lmHeadTransposed
+        self.lmHead = lmHead
     }
 
-    /// Places the checkpoint on `group` and loads each stage's weights onto its device. The plan
-    /// is checked against every device's budget before any weight is read.
-    public static func load(_ checkpoint: Checkpoint, on group: DeviceGroup) throws -> CausalLM {
+    /// Places the checkpoint on `group` and loads each stage's weights onto its device, held as
+    /// `dtype` says. The plan is checked against every device's budget before any weight is read.
+    public static func load(_ checkpoint: Checkpoint, on group: DeviceGroup, dtype: WeightDType = .auto) throws -> CausalLM {
         try checkpoint.validate()
         let spec = checkpoint.spec
-        let placement = Placement(spec: spec, deviceCount: group.count)
+        let placement = Placement(spec: spec, deviceCount: group.count, elementSize: checkpoint.heldElementSize(dtype))
         try placement.checkCapacity(of: group)
         var layers: [DecoderLayer] = []
         var embedding: Tensor?
@@ -46,28 +45,33 @@ public final class CausalLM {
         var head: Tensor?
         for stage in placement.stages {
             let device = group.devices[stage.deviceIndex]
-            // Tied on one device: token rows are read from the transposed head; one copy is kept.
+            // Tied on one device: token rows are read from the head; one copy is kept.
             let tiedHere = spec.tieWordEmbeddings && stage.holdsEmbedding && stage.holdsHead
             try device.run {
-                if stage.holdsEmbedding && !tiedHere { embedding = try checkpoint.load("model.embed_tokens.weight", on: device) }
+                func held(_ name: String) throws -> Tensor {
+                    try checkpoint.load(name, on: device, as: checkpoint.heldDType(of: name, dtype))
+                }
+                if stage.holdsEmbedding && !tiedHere { embedding = try held("model.embed_tokens.weight") }
                 for index in stage.layers {
-                    layers.append(try loadLayer(index, from: checkpoint, spec: spec, on: device))
+                    layers.append(try loadLayer(index, from: checkpoint, spec: spec, on: device, dtype: dtype))
                 }
                 if stage.holdsHead {
-                    finalNorm = try checkpoint.load("model.norm.weight", on: device)
+                    finalNorm = try held("model.norm.weight")
                     // A tied head placed apart from the embedding reads its own copy onto this device.
-                    head = try checkpoint.loadTransposed(
-                        spec.tieWordEmbeddings ? "model.embed_tokens.weight" : "lm_head.weight", on: device)
+                    head = try held(spec.tieWordEmbeddings ? "model.embed_tokens.weight" : "lm_head.weight")
                 }
             }
         }
         return CausalLM(spec: spec, group: group, placement: placement, embedding: embedding, layers: layers,
-                        finalNorm: finalNorm!, lmHeadTransposed: head!)
+                        finalNorm: finalNorm!, lmHead: head!)
     }
 
-    static func loadLayer(_ index: Int, from checkpoint: Checkpoint, spec: ModelSpec, on device: Device) throws -> DecoderLayer {
+    static func loadLayer(_ index: Int, from checkpoint: Checkpoint, spec: ModelSpec, on device: Device,
+                          dtype: WeightDType) throws -> DecoderLayer {
         let p = "model.layers.\(index)."
-        func tensor(_ name: String) throws -> Tensor { try checkpoint.load(p + name, on: device) }
+        func tensor(_ name: String) throws -> Tensor {
+            try checkpoint.load(p + name, on: device, as: checkpoint.heldDType(of: p + name, dtype))
+        }
         func linear(_ name: String) throws -> Linear { Linear(name: p + name, weight: try tensor(name + ".weight")) }
         func mlp(_ prefix: String) throws -> MLP {
             MLP(gateProj: try linear(prefix + "gate_proj"), upProj: try linear(prefix + "up_proj"),
@@ -94,7 +98,7 @@ public final class CausalLM {
     }
 
     public var firstDevice: Device { group.devices[placement.stages[0].deviceIndex] }
-    public var lastDevice: Device { lmHeadTransposed.device }
+    public var lastDevice: Device { lmHead.device }
 
     /// Every linear layer, in layer order (where LoRA adapters attach).
     public var linears: [Linear] { layers.flatMap(\.linears) }
@@ -144,13 +148,7 @@ public final class CausalLM {
         let hidden = spec.hiddenSize
         return try firstDevice.run { [self] in
             let x = try Tensor(uninitializedShape: [ids.count, hidden], on: firstDevice)
-            for (row, id) in ids.enumerated() {
-                if let embedding {
-                    (x.data + row * hidden).update(from: embedding.data + id * hidden, count: hidden)
-                } else {
-                    for h in 0..<hidden { x.data[row * hidden + h] = lmHeadTransposed.data[h * spec.vocabSize + id] }
-                }
-            }
+            WeightProducts.gatherRows(embedding ?? lmHead, ids: ids, into: x.data)
             return x
         }
     }
@@ -203,20 +201,13 @@ public final class CausalLM {
     }
 
     /// Logits [rows, vocab] for the given rows of final hidden states, on the last device.
-    public func project(_ hidden: UnsafePointer<Float>, rows: Int, into logits: UnsafeMutablePointer<Float>) {
-        if rows == 1 {
-            BLAS.gemv(trans: true, m: spec.hiddenSize, n: spec.vocabSize, a: lmHeadTransposed.data, lda: spec.vocabSize,
-                      x: hidden, y: logits)
-        } else {
-            BLAS.gemm(m: rows, n: spec.vocabSize, k: spec.hiddenSize, a: hidden, lda: spec.hiddenSize,
-                      b: lmHeadTransposed.data, ldb: spec.vocabSize, c: logits, ldc: spec.vocabSize)
-        }
+    public func project(_ hidden: UnsafePointer<Float>, rows: Int, into logits: UnsafeMutablePointer<Float>) throws {
+        try WeightProducts.linear(hidden, rows: rows, weight: lmHead, into: logits)
     }
 
     /// d(hidden) [rows, hidden] = d(logits) [rows, vocab] · W (the output projection is frozen).
-    public func projectBackward(_ dLogits: UnsafePointer<Float>, rows: Int, into dHidden: UnsafeMutablePointer<Float>) {
-        BLAS.gemm(transB: true, m: rows, n: spec.hiddenSize, k: spec.vocabSize, a: dLogits, lda: spec.vocabSize,
-                  b: lmHeadTransposed.data, ldb: spec.vocabSize, c: dHidden, ldc: spec.hiddenSize)
+    public func projectBackward(_ dLogits: UnsafePointer<Float>, rows: Int, into dHidden: UnsafeMutablePointer<Float>) throws {
+        try WeightProducts.backward(dLogits, rows: rows, weight: lmHead, into: dHidden, accumulate: false)
     }
 
     /// Full logits [batch·sequence, vocab] on the last device.
@@ -224,7 +215,7 @@ public final class CausalLM {
         let hidden = try hiddenStates(batch)
         return try lastDevice.run { [self] in
             let logits = try Tensor(uninitializedShape: [batch.tokenCount, spec.vocabSize], on: lastDevice)
-            project(hidden.data, rows: batch.tokenCount, into: logits.data)
+            try project(hidden.data, rows: batch.tokenCount, into: logits.data)
             return logits
         }
     }

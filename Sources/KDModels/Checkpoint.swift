@@ -95,15 +95,21 @@ public final class Checkpoint {
         }
     }
 
-    public func load(_ name: String, on device: Device) throws -> Tensor {
+    /// One tensor onto `device`, as f32 or bf16 (see `SafetensorsFile.load`).
+    public func load(_ name: String, on device: Device, as dtype: DType = .f32) throws -> Tensor {
         guard let (file, _) = tensors[name] else { throw KDError("\(directory): missing tensor '\(name)'") }
-        return try file.load(name, on: device)
+        return try file.load(name, on: device, as: dtype)
     }
 
-    /// A matrix loaded transposed, [cols, rows] (see `SafetensorsFile.loadTransposed`).
-    public func loadTransposed(_ name: String, on device: Device) throws -> Tensor {
-        guard let (file, _) = tensors[name] else { throw KDError("\(directory): missing tensor '\(name)'") }
-        return try file.loadTransposed(name, on: device)
+    /// The dtype kd holds tensor `name` in under `setting` (see `WeightDType`).
+    public func heldDType(of name: String, _ setting: WeightDType) -> DType {
+        guard let info = tensors[name]?.info else { return .f32 }
+        return setting.held(name, shape: info.shape, stored: info.dtype)
+    }
+
+    /// Bytes per element of each tensor as held under `setting` (for placement and budgets).
+    public func heldElementSize(_ setting: WeightDType) -> (String) -> Int {
+        { [self] name in heldDType(of: name, setting).size }
     }
 
     /// The dtypes of the weights with how many tensors have each.

@@ -68,7 +68,7 @@ extension CausalLM {
                                 cols: hidden, eps: spec.rmsNormEps, into: last.data + i * hidden)
             }
             let logits = try Tensor(uninitializedShape: [spans.count, spec.vocabSize], on: lastDevice)
-            project(last.data, rows: spans.count, into: logits.data)
+            try project(last.data, rows: spans.count, into: logits.data)
             return logits
         }
     }

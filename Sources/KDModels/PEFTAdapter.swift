@@ -152,7 +152,7 @@ public enum PEFTAdapter {
             guard r <= min(out, inFeatures) else {
                 throw KDError("lora.r \(r) exceeds the rank of \(linear.name) (\(out)×\(inFeatures)) for PiSSA")
             }
-            let scratch = try linear.weight.clone()
+            let scratch = try linear.weight.widened()
             let (u, s, vt) = try BLAS.svd(scratch.data, m: out, n: inFeatures)
             let k = min(out, inFeatures)
             let a = try Tensor(uninitializedShape: [r, inFeatures], on: linear.device)
@@ -166,13 +166,14 @@ public enum PEFTAdapter {
         }
     }
 
-    /// Attaches a PiSSA adapter (current A, B and initial A₀, B₀) and makes the weight the residual.
+    /// Attaches a PiSSA adapter (current A, B and initial A₀, B₀) and makes the weight the residual,
+    /// computed in f32 and held in the weight's dtype (a bf16 residual is rounded, as PEFT's).
     static func attachPiSSA(_ linear: Linear, a: Tensor, b: Tensor, initialA: Tensor, initialB: Tensor,
                             settings: LoRASettings) throws {
-        let residual = try linear.weight.clone()
+        let residual = try linear.weight.widened()
         BLAS.gemm(m: linear.outFeatures, n: linear.inFeatures, k: settings.r, alpha: -settings.scale, a: initialB.data,
                   lda: settings.r, b: initialA.data, ldb: linear.inFeatures, beta: 1, c: residual.data, ldc: linear.inFeatures)
-        linear.replaceWeight(residual)
+        linear.replaceWeight(try residual.converted(to: linear.weight.dtype))
         let adapter = LoRAAdapter(a: a, b: b, scale: settings.scale, dropout: Float(settings.dropout))
         adapter.initial = (initialA, initialB)
         linear.adapter = adapter

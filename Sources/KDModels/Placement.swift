@@ -9,19 +9,29 @@ public struct Placement: Sendable, Equatable {
         public let layers: Range<Int>
         public let holdsEmbedding: Bool
         public let holdsHead: Bool
-        /// f32 bytes of the parameters this device holds (a tied embedding copied to the last
-        /// stage counts on both).
+        /// Bytes of the parameters this device holds, in the dtypes they are held in (a tied
+        /// embedding copied to the last stage counts on both).
         public let parameterBytes: Int
         public let parameterCount: Int
     }
 
     public let stages: [Stage]
 
-    public init(spec: ModelSpec, deviceCount: Int) {
-        let f32 = MemoryLayout<Float>.stride
+    /// Stages balanced by parameter count; `elementSize(name)` is the bytes per element a tensor
+    /// is held in (f32 unless the model is held otherwise, see `Checkpoint.heldElementSize`).
+    public init(spec: ModelSpec, deviceCount: Int, elementSize: (String) -> Int = { _ in MemoryLayout<Float>.stride }) {
         // A tied lm_head needs its own copy of the embedding when it sits on another device.
-        let headCount = spec.headParameterCount + (spec.tieWordEmbeddings && deviceCount > 1 ? spec.embeddingParameterCount : 0)
+        let tiedApart = spec.tieWordEmbeddings && deviceCount > 1
+        let headCount = spec.headParameterCount + (tiedApart ? spec.embeddingParameterCount : 0)
         let counts = [spec.embeddingParameterCount] + (0..<spec.numLayers).map(spec.layerParameterCount) + [headCount]
+        func bytes(_ tensors: [(name: String, shape: [Int])]) -> Int {
+            tensors.reduce(0) { $0 + $1.shape.reduce(1, *) * elementSize($1.name) }
+        }
+        let embedding = ("model.embed_tokens.weight", [spec.vocabSize, spec.hiddenSize])
+        var head = [("model.norm.weight", [spec.hiddenSize])]
+        if !spec.tieWordEmbeddings { head.append(("lm_head.weight", [spec.vocabSize, spec.hiddenSize])) }
+        if tiedApart { head.append(embedding) }
+        let itemBytes = [bytes([embedding])] + (0..<spec.numLayers).map { bytes(spec.layerTensors($0)) } + [bytes(head)]
         let ranges = balancedContiguousPartition(counts, parts: deviceCount)
         stages = ranges.enumerated().map { device, items in
             let count = items.reduce(0) { $0 + counts[$1] }
@@ -31,7 +41,7 @@ public struct Placement: Sendable, Equatable {
             return Stage(
                 deviceIndex: device, layers: first < end ? first..<end : 0..<0,
                 holdsEmbedding: items.contains(0), holdsHead: items.contains(spec.numLayers + 1),
-                parameterBytes: count * f32, parameterCount: count)
+                parameterBytes: items.reduce(0) { $0 + itemBytes[$1] }, parameterCount: count)
         }
     }
 

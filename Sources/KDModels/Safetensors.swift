@@ -131,41 +131,31 @@ public final class SafetensorsFile: @unchecked Sendable {
         return (tensors, metadata)
     }
 
-    /// Loads a floating-point tensor onto `device` as f32. An aligned f32 tensor borrows the
-    /// mapped file (no copy); BF16 and F16 are widened.
-    public func load(_ name: String, on device: Device) throws -> Tensor {
+    /// Loads a floating-point tensor onto `device` as f32, or as bf16 when `dtype` says so. A
+    /// tensor already in that dtype and aligned for it borrows the mapped file (no copy, pages
+    /// read as they are used); others are converted (bf16/f16 → f32 exactly, f32/f16 → bf16 with
+    /// round-to-nearest-even) and the file's pages dropped.
+    public func load(_ name: String, on device: Device, as dtype: DType = .f32) throws -> Tensor {
         guard let info = tensors[name] else { throw KDError("\(path): no tensor '\(name)'") }
-        let source = UnsafeRawPointer(file.base + info.byteRange.lowerBound)
-        switch info.dtype {
-        case .f32:
-            if Int(bitPattern: source) % MemoryLayout<Float>.alignment == 0 {
-                let pointer = UnsafeMutableRawPointer(mutating: source).assumingMemoryBound(to: Float.self)
-                let storage = try Storage(borrowing: pointer, count: info.count, owner: file, device: device)
-                return Tensor(storage: storage, shape: info.shape)
-            }
-            let tensor = try Tensor(uninitializedShape: info.shape, on: device)
-            Conversion.widen(source, dtype: .f32, into: tensor.data, count: info.count)
-            return tensor
-        case .bf16, .f16:
-            let tensor = try Tensor(uninitializedShape: info.shape, on: device)
-            Conversion.widen(source, dtype: info.dtype, into: tensor.data, count: info.count)
-            file.release(info.byteRange)
-            return tensor
-        default:
+        guard info.dtype.isFloatingPoint else {
             throw KDError("\(path): tensor '\(name)': dtype \(info.dtype.rawValue) is not a floating-point weight (kd reads F32, BF16, F16)")
         }
-    }
-
-    /// Loads a floating-point matrix [rows, cols] onto `device` as f32 [cols, rows], widening and
-    /// transposing in one pass, so no untransposed f32 copy is ever held.
-    public func loadTransposed(_ name: String, on device: Device) throws -> Tensor {
-        guard let info = tensors[name], info.shape.count == 2, info.dtype.isFloatingPoint else {
-            throw KDError("\(path): no floating-point matrix '\(name)'")
+        guard dtype == .f32 || dtype == .bf16 else {
+            throw KDError("\(path): tensor '\(name)': kd holds weights as F32 or BF16, not \(dtype.rawValue)")
         }
-        let (rows, cols) = (info.shape[0], info.shape[1])
-        let tensor = try Tensor(uninitializedShape: [cols, rows], on: device)
-        Conversion.transpose(UnsafeRawPointer(file.base + info.byteRange.lowerBound), dtype: info.dtype, rows: rows, cols: cols,
-                             into: tensor.data)
+        let source = UnsafeRawPointer(file.base + info.byteRange.lowerBound)
+        if info.dtype == dtype && Int(bitPattern: source) % dtype.size == 0 {
+            let storage = try Storage(borrowing: UnsafeMutableRawPointer(mutating: source), bytes: info.count * dtype.size,
+                                      owner: file, device: device)
+            return Tensor(storage: storage, shape: info.shape, dtype: dtype)
+        }
+        let tensor = try Tensor(uninitializedShape: info.shape, dtype: dtype, on: device)
+        if dtype == .f32 {
+            Conversion.widen(source, dtype: info.dtype, into: tensor.data, count: info.count)
+        } else {
+            Conversion.narrowBF16(source, dtype: info.dtype, into: tensor.bytes.assumingMemoryBound(to: UInt16.self),
+                                  count: info.count)
+        }
         file.release(info.byteRange)
         return tensor
     }

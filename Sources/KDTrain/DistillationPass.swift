@@ -69,7 +69,7 @@ public final class TeacherStream: @unchecked Sendable {
             let logits = try teacher.lastDevice.run {
                 let rowsOfChunk = try gather(hidden!, rows: rows[range])
                 let logits = try Tensor(uninitializedShape: [range.count, teacher.spec.vocabSize], on: teacher.lastDevice)
-                teacher.project(rowsOfChunk.data, rows: range.count, into: logits.data)
+                try teacher.project(rowsOfChunk.data, rows: range.count, into: logits.data)
                 return logits
             }
             let moved = try logits.to(target)
@@ -215,7 +215,7 @@ public struct DistillationPass {
             let logits = try studentDevice.run { [student] in
                 let hidden = try gather(studentHidden, rows: rows[range])
                 let logits = try Tensor(uninitializedShape: [range.count, studentVocab], on: studentDevice)
-                student.project(hidden.data, rows: range.count, into: logits.data)
+                try student.project(hidden.data, rows: range.count, into: logits.data)
                 return logits
             }
             result.studentSeconds += (ContinuousClock.now - chunkStart).seconds
@@ -231,7 +231,7 @@ public struct DistillationPass {
                 if let dHidden {
                     // d(hidden rows) = d(logits)·W_head, scattered back to their positions.
                     let dRows = try Tensor(uninitializedShape: [range.count, hiddenSize], on: studentDevice)
-                    student.projectBackward(logits.data, rows: range.count, into: dRows.data)
+                    try student.projectBackward(logits.data, rows: range.count, into: dRows.data)
                     for (i, row) in rows[range].enumerated() {
                         Kernels.add(dRows.data + i * hiddenSize, into: dHidden.data + row * hiddenSize, count: hiddenSize)
                     }

@@ -5,7 +5,9 @@ import KDModels
 /// The placement and memory of a training run, computed from the models' config.json alone (and
 /// the safetensors headers, when the weights exist, for the dtypes they are stored in).
 ///
-/// Per device: parameters in f32 (kd computes in f32; bf16 checkpoints are widened), the LoRA
+/// Per device: parameters in the dtype they are held in (`teacher.dtype`, `student.dtype`; see
+/// `WeightDType`) with, where a matrix is held in bf16, the f32 buffer its panels are widened
+/// into (`WeightProducts.panelRows` rows of the largest such matrix), the LoRA
 /// adapters of the student layers it holds with their gradients and two AdamW moments (16 bytes
 /// per LoRA parameter), and the activations alive at the device's peak, f32 per token of the
 /// batch (train.batch_size × data.max_seq_len), the largest over the phases of a step:
@@ -50,12 +52,13 @@ public struct MemoryPlan: Sendable {
         public var activationBytes = 0
         public var activationBytesCheckpointed = 0
         public var activationBytesFull = 0
-        /// The checkpoint dtypes of the weights placed here ("F32", "BF16", ...), and how kd holds them.
+        /// The checkpoint dtypes of the weights placed here ("F32", "BF16", ...), and the dtype kd
+        /// holds its matrices in (`WeightDType`; norms and a MoE router are always F32).
         public var weightDTypes: Set<String> = []
-        public var heldDType: String? { weightDTypes.isEmpty ? nil : "F32" }
+        public var heldDTypes: Set<String> = []
         /// One dtype as a string, mixed ones as a sorted list, none (an unused device) as null.
-        var weightDTypeJSON: Any {
-            let sorted = weightDTypes.sorted()
+        static func json(_ dtypes: Set<String>) -> Any {
+            let sorted = dtypes.sorted()
             if sorted.count == 1, let only = sorted.first { return only }
             return sorted.isEmpty ? NSNull() : sorted
         }
@@ -107,16 +110,30 @@ public struct MemoryPlan: Sendable {
         return { _ in dtype }
     }
 
+    /// Each tensor's stored dtype (`weightDTypes`) and the dtype kd holds it in under `setting`.
+    static func dtypes(at path: String, spec: ModelSpec, setting: WeightDType) throws
+        -> (stored: (String) -> String, held: (String) -> DType, applies: (String) -> Bool) {
+        let stored = try weightDTypes(at: path, spec: spec)
+        let shapes = Dictionary(spec.checkpointTensors().map { ($0.name, $0.shape) }, uniquingKeysWith: { a, _ in a })
+        return (stored, { setting.held($0, shape: shapes[$0] ?? [], stored: DType(rawValue: stored($0)) ?? .f32) },
+                { WeightDType.applies(to: $0, shape: shapes[$0] ?? []) })
+    }
+
     public init(config: RunConfig) throws {
         try config.requireModelPaths()
         let teacherSpec = try MemoryPlan.spec(at: config.teacher.path)
         let studentSpec = try MemoryPlan.spec(at: config.student.path)
+        let teacherDTypes = try MemoryPlan.dtypes(at: config.teacher.path, spec: teacherSpec, setting: config.teacher.dtype)
+        let studentDTypes = try MemoryPlan.dtypes(at: config.student.path, spec: studentSpec, setting: config.student.dtype)
         teacher = ModelPlan(
             role: "teacher", path: config.teacher.path, spec: teacherSpec, devices: config.teacher.devices,
-            placement: Placement(spec: teacherSpec, deviceCount: config.teacher.devices.count), loraParameters: 0)
+            placement: Placement(spec: teacherSpec, deviceCount: config.teacher.devices.count,
+                                 elementSize: { teacherDTypes.held($0).size }),
+            loraParameters: 0)
         student = ModelPlan(
             role: "student", path: config.student.path, spec: studentSpec, devices: config.student.devices,
-            placement: Placement(spec: studentSpec, deviceCount: config.student.devices.count),
+            placement: Placement(spec: studentSpec, deviceCount: config.student.devices.count,
+                                 elementSize: { studentDTypes.held($0).size }),
             loraParameters: LoRAShapes.parameterCount(spec: studentSpec, lora: config.lora))
 
         var usage = (0..<config.deviceCount).map { DeviceUsage(id: $0, capacityBytes: config.devices.memoryPerDevice?.bytes) }
@@ -128,7 +145,8 @@ public struct MemoryPlan: Sendable {
         for model in [teacher, student] {
             let spec = model.spec
             let training = model.role == "student"
-            let dtypeOf = try MemoryPlan.weightDTypes(at: model.path, spec: spec)
+            let (dtypeOf, held, applies) = training ? studentDTypes : teacherDTypes
+            let shapes = Dictionary(spec.checkpointTensors().map { ($0.name, $0.shape) }, uniquingKeysWith: { a, _ in a })
             for stage in model.placement.stages {
                 let id = model.devices[stage.deviceIndex]
                 var names = stage.layers.flatMap { spec.layerTensors($0).map(\.name) }
@@ -137,6 +155,11 @@ public struct MemoryPlan: Sendable {
                     names += ["model.norm.weight", spec.tieWordEmbeddings ? "model.embed_tokens.weight" : "lm_head.weight"]
                 }
                 usage[id].weightDTypes.formUnion(names.map(dtypeOf))
+                usage[id].heldDTypes.formUnion(names.filter(applies).map { held($0).rawValue })
+                // The f32 buffer bf16 panels are widened into: the largest panel of a bf16 matrix here.
+                let panel = names.filter { held($0) == .bf16 }.compactMap { shapes[$0] }
+                    .map { Swift.min(WeightProducts.panelRows, $0[0]) * $0[1] }.max() ?? 0
+                usage[id].parameterBytes += panel * MemoryLayout<Float>.stride
                 usage[id].roles.append(model.role)
                 usage[id].layers[model.role] = Array(stage.layers)
                 if stage.holdsEmbedding { usage[id].holds.append("\(model.role).embed_tokens") }
@@ -261,8 +284,8 @@ public struct MemoryPlan: Sendable {
                     "activation_bytes": device.activationBytes,
                     "activation_bytes_checkpointed": device.activationBytesCheckpointed,
                     "activation_bytes_full": device.activationBytesFull, "total_bytes": device.totalBytes,
-                    "weight_dtype": device.weightDTypeJSON,
-                    "held_dtype": device.heldDType.map { $0 as Any } ?? NSNull(),
+                    "weight_dtype": DeviceUsage.json(device.weightDTypes),
+                    "held_dtype": DeviceUsage.json(device.heldDTypes),
                     "capacity_bytes": device.capacityBytes.map { $0 as Any } ?? NSNull(), "fits": device.fits,
                 ]
             },

@@ -23,6 +23,7 @@ public struct RunConfig: Equatable, Sendable {
     public struct Model: Equatable, Sendable {
         public var path = ""
         public var devices: [Int]
+        public var dtype = WeightDType.auto
     }
 
     public typealias LoRA = LoRASettings
@@ -210,6 +211,7 @@ extension BadRecordPolicy: ConfigEnum {}
 extension LRSchedule: ConfigEnum {}
 extension Concurrency: ConfigEnum {}
 extension DivergenceName: ConfigEnum {}
+extension WeightDType: ConfigEnum {}
 
 extension RunConfig {
     private static func field<V: ConfigValue>(
@@ -231,8 +233,12 @@ extension RunConfig {
         field("devices.memory_per_device", \.devices.memoryPerDevice, "Budget of each device (e.g. 80GiB), enforced; null = unlimited."),
         field("teacher.path", \.teacher.path, "Teacher model directory (config.json + safetensors)."),
         field("teacher.devices", \.teacher.devices, "Device ids the teacher's layers are sharded over, in order."),
+        field("teacher.dtype", \.teacher.dtype,
+              "How the teacher's weights are held: auto (bf16 checkpoints as bf16, memory-mapped; others as f32), bf16 (f32 weights rounded to nearest even), or f32. Compute is f32."),
         field("student.path", \.student.path, "Student model directory (config.json + safetensors)."),
         field("student.devices", \.student.devices, "Device ids the student's layers are sharded over, in order."),
+        field("student.dtype", \.student.dtype,
+              "How the student's frozen weights are held: auto, bf16 or f32, as teacher.dtype. LoRA, gradients and AdamW moments are always f32."),
         field("lora.r", \.lora.r, "LoRA rank."),
         field("lora.alpha", \.lora.alpha, "LoRA alpha; the update is scaled by alpha/r (alpha/sqrt(r) with use_rslora)."),
         field("lora.dropout", \.lora.dropout, "Dropout on the LoRA input path during training."),

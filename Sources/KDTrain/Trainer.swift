@@ -73,9 +73,11 @@ public struct RunModels {
         let devices = try DeviceGroup.make(count: config.deviceCount, capacity: config.devices.memoryPerDevice?.bytes)
         let start = ContinuousClock.now
         let teacher = try CausalLM.load(try Checkpoint(directory: config.teacher.path),
-                                        on: try DeviceGroup(config.teacher.devices.map { devices.devices[$0] }))
+                                        on: try DeviceGroup(config.teacher.devices.map { devices.devices[$0] }),
+                                        dtype: config.teacher.dtype)
         let student = try CausalLM.load(try Checkpoint(directory: config.student.path),
-                                        on: try DeviceGroup(config.student.devices.map { devices.devices[$0] }))
+                                        on: try DeviceGroup(config.student.devices.map { devices.devices[$0] }),
+                                        dtype: config.student.dtype)
         onLoad(String(format: "loaded teacher and student in %.1f s", (ContinuousClock.now - start).seconds))
         return RunModels(budget: budget, devices: devices, teacher: teacher, student: student, tokenizer: tokenizer,
                          vocab: vocab, padID: tokenizer?.padID ?? 0, notes: notes)
@@ -308,12 +310,16 @@ public final class Trainer {
     /// activation checkpointing, which gives the same numbers bit for bit). distill.loss enters
     /// unless it is forward_kl, and distill.jsd_beta only with jsd, so the hash of a forward_kl
     /// run is the one kd computed before these keys existed (its checkpoints resume unchanged).
+    /// teacher.dtype and student.dtype enter only as bf16, the one setting that can round
+    /// weights: auto and f32 hold the same values and give the same numbers bit for bit.
     var configHash: String {
         var ignored: Set<String> = ["train.max_steps", "run.output_dir", "run.threads", "run.concurrency", "checkpoint.every_steps",
                                     "checkpoint.keep_last", "checkpoint.save_merged", "log.every_steps",
                                     "train.activation_checkpointing"]
         if config.distill.loss == .forwardKL { ignored.insert("distill.loss") }
         if config.distill.loss != .jsd { ignored.insert("distill.jsd_beta") }
+        if config.teacher.dtype != .bf16 { ignored.insert("teacher.dtype") }
+        if config.student.dtype != .bf16 { ignored.insert("student.dtype") }
         let text = config.effectiveValues.filter { !ignored.contains($0.key) }.map { "\($0.key)=\($0.value)" }
             .joined(separator: "\n")
         return String(RandomGenerator.hash(text), radix: 16)

@@ -21,6 +21,7 @@ struct Compare: KDCommand {
     @Option(name: .customLong("max-new-tokens"), help: "Most tokens per response.") var maxNewTokens: Int = 256
     @Option(help: "Write the report here instead of stdout.") var output: String?
     @Option(help: "Device ids for the student's layers.") var devices: String = "0"
+    @Option(help: "How frozen weights are held: auto (bf16 checkpoints as bf16), bf16 or f32.") var dtype: String = "auto"
     @Option(help: "BLAS threads per call.") var threads: Int?
 
     func execute() throws {
@@ -35,7 +36,7 @@ struct Compare: KDCommand {
         guard !temperatures.isEmpty else { throw KDError("--temperature needs at least one value") }
         let (_, records) = try EvalRecords.read(data)
         let tokenizer = try Tokenizer.load(directory: base)
-        let model = try loadModel(try Checkpoint(directory: base), devices: devices, adapter: adapter)
+        let model = try loadModel(try Checkpoint(directory: base), devices: devices, dtype: dtype, adapter: adapter)
         let comparison = Comparison(model: model, tokenizer: tokenizer,
                                     stop: StopCondition.defaults(modelDirectory: base, spec: model.spec, tokenizer: tokenizer),
                                     maxNewTokens: maxNewTokens)
@@ -72,9 +73,13 @@ struct Evaluate: KDCommand {
     @Option(name: .customLong("max-new-tokens"), help: "Most tokens per generated answer.") var maxNewTokens: Int = 384
     @Flag(name: .customLong("no-tasks"), help: "Skip the generation-based task scores.") var noTasks = false
     @Option(help: "Also write an SVG of the run's metrics.jsonl here.") var plot: String?
+    @Option(help: "How both models' frozen weights are held (auto, bf16 or f32); default: the config's teacher.dtype and student.dtype.")
+    var dtype: String?
 
     func execute() throws {
-        let run = try RunConfig.load(path: config, overrides: overrides)
+        let held = try dtype.map { try WeightDType(parsing: $0, what: "--dtype").rawValue }
+        let run = try RunConfig.load(
+            path: config, overrides: overrides + (held.map { ["teacher.dtype=\($0)", "student.dtype=\($0)"] } ?? []))
         let adapterDirectory = adapter ?? (run.run.outputDir as NSString).appendingPathComponent("final_model")
         guard let dataPath = data ?? run.data.eval else { throw KDError("give --data or set data.eval") }
         let dataset = try run.loadDataset(dataPath, key: "data.eval")

@@ -14,6 +14,7 @@ struct Forward: KDCommand {
     @Option(help: "JSONL file of {\"input_ids\": [...]} rows.") var tokens: String
     @Option(help: "Output safetensors file.") var output: String
     @Option(help: "Device ids to shard the layers over, e.g. 0,1,2.") var devices: String = "0"
+    @Option(help: "How frozen weights are held: auto (bf16 checkpoints as bf16), bf16 or f32.") var dtype: String = "auto"
     @Option(help: "A PEFT LoRA adapter to run with the model.") var adapter: String?
     @Option(name: .customLong("batch-rows"), help: "Rows per forward pass.") var batchRows: Int = 8
     @Option(help: "BLAS threads per call (default: one per core).") var threads: Int?
@@ -24,7 +25,7 @@ struct Forward: KDCommand {
         guard batchRows >= 1 else { throw KDError("--batch-rows must be at least 1") }
         try requireReplaceableFile(output)
         let loadStart = ContinuousClock.now
-        let lm = try loadModel(try Checkpoint(directory: model), devices: devices, adapter: adapter)
+        let lm = try loadModel(try Checkpoint(directory: model), devices: devices, dtype: dtype, adapter: adapter)
         let loadSeconds = (ContinuousClock.now - loadStart).seconds
         for line in lm.placement.describe(devices: lm.group.devices) { Console.info("  " + line) }
         let summary = try ForwardRun.run(model: lm, tokensPath: tokens, outputPath: output, batchRows: batchRows)

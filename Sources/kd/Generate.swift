@@ -24,6 +24,7 @@ struct Generate: KDCommand {
     @Option(name: .customLong("max-new-tokens"), help: "Most tokens to generate.") var maxNewTokens: Int = 256
     @Option(name: .customLong("stop"), help: "Stop when the text ends with this (repeatable).") var stops: [String] = []
     @Option(help: "Device ids to shard the layers over, e.g. 0,1.") var devices: String = "0"
+    @Option(help: "How frozen weights are held: auto (bf16 checkpoints as bf16), bf16 or f32.") var dtype: String = "auto"
     @Option(help: "BLAS threads per call (default: one per core).") var threads: Int?
     @Flag(help: "Print JSON on stdout instead of the text.") var json = false
 
@@ -47,7 +48,7 @@ struct Generate: KDCommand {
         let tokenizerFile = (model as NSString).appendingPathComponent("tokenizer.json")
         let tokenizer = FileManager.default.fileExists(atPath: tokenizerFile) ? try Tokenizer.load(directory: model) : nil
         let ids = try source.tokens(tokenizer: tokenizer, enableThinking: enableThinking)
-        let lm = try loadModel(checkpoint, devices: devices, adapter: adapter)
+        let lm = try loadModel(checkpoint, devices: devices, dtype: dtype, adapter: adapter)
         var stop = StopCondition.defaults(modelDirectory: model, spec: lm.spec, tokenizer: tokenizer)
         stop.strings = stops
         let sampling = Sampling(temperature: temperature, topK: topK, topP: topP, seed: seed)

@@ -88,9 +88,11 @@ func parseDeviceList(_ text: String) throws -> [Int] {
     return list
 }
 
-/// A checkpoint's model placed on the devices of a `--devices` list, with `adapter` attached when given.
-func loadModel(_ checkpoint: Checkpoint, devices: String, adapter: String?) throws -> CausalLM {
-    let model = try CausalLM.load(checkpoint, on: try DeviceGroup(try parseDeviceList(devices).map { Device(id: $0) }))
+/// A checkpoint's model placed on the devices of a `--devices` list, its weights held as `--dtype`
+/// says, with `adapter` attached when given.
+func loadModel(_ checkpoint: Checkpoint, devices: String, dtype: String, adapter: String?) throws -> CausalLM {
+    let model = try CausalLM.load(checkpoint, on: try DeviceGroup(try parseDeviceList(devices).map { Device(id: $0) }),
+                                  dtype: try WeightDType(parsing: dtype, what: "--dtype"))
     if let adapter { try PEFTAdapter.attach(directory: adapter, to: model) }
     return model
 }

@@ -8,14 +8,16 @@ import Testing
         return text.split(separator: "\n").map { KDProcess.json(String($0)) }
     }
 
-    @Test func greedyEqualsTransformers() throws {
+    /// Greedy decoding, with the (bf16-exact) weights held as f32 and as bf16.
+    @Test(arguments: ["f32", "bf16"])
+    func greedyEqualsTransformers(dtype: String) throws {
         let cases = try Self.cases()
         #expect(cases.count == 8)
         for record in cases {
             let prompt = (record["prompt"] as! [Int]).map(String.init).joined(separator: ",")
             var arguments = ["generate", "--model", KDProcess.fixtures + "/" + (record["model"] as! String),
                              "--prompt-ids", prompt, "--max-new-tokens", "\(record["max_new_tokens"] as! Int)", "--json",
-                             "--devices", "0,1"]
+                             "--devices", "0,1", "--dtype", dtype]
             if let adapter = record["adapter"] as? String { arguments += ["--adapter", KDProcess.fixtures + "/" + adapter] }
             let result = try KDProcess.run(arguments)
             #expect(result.status == 0, "\(result.stderr)")

@@ -88,7 +88,8 @@ import KDCore
 }
 
 /// `kd plan` names the dtype each device's weights are stored in (from the safetensors headers,
-/// else config.json's torch_dtype) and how kd holds them (f32).
+/// else config.json's torch_dtype) and the dtype kd holds them in (`teacher.dtype`,
+/// `student.dtype`), whose size the parameter bytes follow.
 @Suite struct PlanWeightDTypeTests {
     @Test func weightDTypeFromHeadersOrConfig() throws {
         let dir = KDProcess.temporaryDirectory()
@@ -117,7 +118,29 @@ import KDCore
             #expect(result.status == 0, "\(result.stderr)")
             let devices = KDProcess.json(result.stdout)["devices"] as? [[String: Any]] ?? []
             #expect(devices.map { $0["weight_dtype"] as? String } == ["BF16", "BF16", expected])
-            #expect(devices.map { $0["held_dtype"] as? String } == ["F32", "F32", "F32"])
+            #expect(devices.map { $0["held_dtype"] as? String } == ["BF16", "BF16", expected])
         }
+        // Held as f32, the teacher's matrices take twice the bytes (less the bf16 panel buffer);
+        // held as bf16, an f32 student's do too.
+        func plan(_ sets: [String]) throws -> [[String: Any]] {
+            let yaml = """
+                devices: {count: 3}
+                teacher: {path: \(dir)/teacher, devices: [0, 1]}
+                student: {path: \(dir)/student-f32, devices: [2]}
+
+                """
+            let result = try KDProcess.run(["plan", "--config", "-"] + sets.flatMap { ["--set", $0] }, stdin: yaml)
+            #expect(result.status == 0, "\(result.stderr)")
+            return KDProcess.json(result.stdout)["devices"] as? [[String: Any]] ?? []
+        }
+        let auto = try plan([]), widened = try plan(["teacher.dtype=f32", "student.dtype=bf16"])
+        #expect(widened.map { $0["held_dtype"] as? String } == ["F32", "F32", "BF16"])
+        let bytes = { (devices: [[String: Any]]) in devices.map { ($0["param_bytes"] as? Int) ?? 0 } }
+        let panel = 512 * 96 * 4  // at most WeightProducts.panelRows rows of the widest matrix (down_proj, 96 wide)
+        for device in 0..<2 { #expect(bytes(widened)[device] > 2 * (bytes(auto)[device] - panel) - 2_000) }
+        #expect(bytes(widened)[2] < bytes(auto)[2] / 2 + panel + 2_000)
+        let refused = try KDProcess.run(["plan", "--config", "-", "--set", "student.dtype=f16"],
+                                        stdin: "teacher: {path: \(dir)/teacher}\nstudent: {path: \(dir)/student-f32}\n")
+        #expect(refused.status == 1 && refused.stderr.contains("student.dtype"))
     }
 }

@@ -41,6 +41,11 @@ import KDModels
 /// lr·u is a chain of at most 24 roundings (clipping 3, moments 7, square root, bias corrections,
 /// ε, quotient, step size) whose error is at most γ₂₄·(|m₁| + |ĝ|)/(1−β₁ᵗ)/(√v̂ + ε), with γₙ =
 /// n·2⁻²⁴/(1 − n·2⁻²⁴). Nothing in this bound depends on the machine.
+///
+/// The fixtures' base weights are exact in bf16, so every comparison runs with both models' frozen
+/// weights held as f32 and as bf16 (`teacher.dtype`, `student.dtype`). With the dense teacher the
+/// two give the same gradients, metrics and adapters bit for bit (`bf16HeldWeightsChangeNoBit`);
+/// the MoE teacher's experts given a single token sum in another order (see WeightProducts).
 @Suite struct TrainParityTests {
     /// The tolerance of a quantity of one f32 step against another from the same state, where
     /// `magnitude` is the sum of the absolute values of the terms it sums.
@@ -97,31 +102,32 @@ import KDModels
         return (worstMetric, worstGradient)
     }
 
-    @Test(arguments: ["dense-teacher", "moe-teacher"])
-    func matchesTorchAndPEFT(fixture: String) throws {
+    @Test(arguments: ["dense-teacher", "moe-teacher"], ["f32", "bf16"])
+    func matchesTorchAndPEFT(fixture: String, dtype: String) throws {
         let dir = KDProcess.fixtures + "/train/" + fixture
         let out = KDProcess.temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: out) }
         let expected = try SafetensorsFile(path: dir + "/expected.safetensors")
+        let held = ["--set", "teacher.dtype=\(dtype)", "--set", "student.dtype=\(dtype)"]
 
         // Step 1, from the fixture's initial adapter.
-        let first = try Self.train(dir, output: out + "/first", ["--set", "train.max_steps=1"])
+        let first = try Self.train(dir, output: out + "/first", ["--set", "train.max_steps=1"] + held)
         try #require(first.count == 1)
         let step1 = try Self.compare(step: 1, line: first[0], gradientsPath: out + "/first/gradients/step-1.safetensors",
                                      expected: expected)
-        print("train parity \(fixture) step 1: worst error / tolerance: gradients \(step1.gradients), metrics \(step1.metrics)")
+        print("train parity \(fixture) \(dtype) step 1: worst error / tolerance: gradients \(step1.gradients), metrics \(step1.metrics)")
 
         // Step 2, from torch's state after step 1 with kd's bookkeeping of step 1.
         let state = out + "/torch-step-1"
         try FileManager.default.copyItem(atPath: dir + "/torch-step-1", toPath: state)
         try FileManager.default.copyItem(atPath: out + "/first/checkpoint-1/trainer_state.json",
                                          toPath: state + "/trainer_state.json")
-        let second = try Self.train(dir, output: out + "/second", ["--resume", state])
+        let second = try Self.train(dir, output: out + "/second", ["--resume", state] + held)
         try #require(second.count == 1)
         #expect(second[0]["step"] as? Int == 2)
         let step2 = try Self.compare(step: 2, line: second[0], gradientsPath: out + "/second/gradients/step-2.safetensors",
                                      expected: expected)
-        print("train parity \(fixture) step 2: worst error / tolerance: gradients \(step2.gradients), metrics \(step2.metrics)")
+        print("train parity \(fixture) \(dtype) step 2: worst error / tolerance: gradients \(step2.gradients), metrics \(step2.metrics)")
 
         // The LoRA tensors after step 2.
         let lr = try #require(second[0]["lr"] as? Double)
@@ -163,6 +169,30 @@ import KDModels
                 }
             }
         }
-        print("train parity \(fixture) after step 2: worst LoRA parameter error / tolerance = \(worstParameter)")
+        print("train parity \(fixture) \(dtype) after step 2: worst LoRA parameter error / tolerance = \(worstParameter)")
+    }
+
+    /// Held as bf16, exact weights give the f32-held run's two steps bit for bit: the gradient
+    /// files, the adapters and optimizer states written, and every metric but the timings.
+    @Test func bf16HeldWeightsChangeNoBit() throws {
+        let dir = KDProcess.fixtures + "/train/dense-teacher"
+        let out = KDProcess.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: out) }
+        var metrics: [String: [String]] = [:]
+        for dtype in ["f32", "bf16"] {
+            let result = try KDProcess.run([
+                "train", "--config", dir + "/run.yaml", "--save-gradients", "--set", "run.output_dir=\(out)/\(dtype)",
+                "--set", "teacher.path=\(dir)/teacher", "--set", "student.path=\(dir)/student",
+                "--set", "lora.init_from=\(dir)/adapter-init", "--set", "data.train=\(dir)/tokens.jsonl",
+                "--set", "teacher.dtype=\(dtype)", "--set", "student.dtype=\(dtype)"])
+            #expect(result.status == 0, "\(result.stderr)")
+            metrics[dtype] = TrainRunTests.stripTimes(result.stdout)
+        }
+        #expect(metrics["f32"]?.count == 2 && metrics["f32"] == metrics["bf16"])
+        for file in ["gradients/step-1.safetensors", "gradients/step-2.safetensors", "checkpoint-2/adapter_model.safetensors",
+                     "checkpoint-2/optimizer.safetensors"] {
+            let f32 = FileManager.default.contents(atPath: "\(out)/f32/\(file)")
+            #expect(f32 != nil && f32 == FileManager.default.contents(atPath: "\(out)/bf16/\(file)"), "\(file)")
+        }
     }
 }

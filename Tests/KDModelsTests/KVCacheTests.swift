@@ -11,9 +11,10 @@ import KDCore
         return best
     }
 
-    @Test(arguments: ["dense-mqa-headdim-sharded", "moe-8x2"])
-    func cachedDecodingEqualsFullRecomputation(model name: String) throws {
-        let model = try CausalLM.load(try Checkpoint(directory: Fixtures.path("forward", name)), on: try DeviceGroup.make(count: 2))
+    @Test(arguments: ["dense-mqa-headdim-sharded", "moe-8x2"], [WeightDType.f32, .bf16])
+    func cachedDecodingEqualsFullRecomputation(model name: String, dtype: WeightDType) throws {
+        let model = try CausalLM.load(try Checkpoint(directory: Fixtures.path("forward", name)), on: try DeviceGroup.make(count: 2),
+                                      dtype: dtype)
         let vocab = model.spec.vocabSize
         var sequences = [[3, 17, 42, 8, 99], [5, 1]]
         let cache = try KVCache(model: model, rows: 2, capacity: 16)

@@ -4,11 +4,10 @@ import KDCore
 import KDModels
 
 @Suite struct SafetensorsTests {
-    /// The transposing load (used for output projections) equals a plain load transposed, for every
-    /// stored dtype, on a shape that is not a multiple of its tile. A 2-byte tensor first in the file
-    /// leaves the f32 one unaligned, so the copying path is covered too.
+    /// A tensor of every stored dtype loads with its values as f32 and as bf16. A 2-byte tensor
+    /// first in the file leaves an f32 one unaligned, so the copying path is covered too.
     @Test(arguments: [DType.f32, .bf16, .f16])
-    func transposedLoadEqualsLoadThenTranspose(dtype: DType) throws {
+    func loadsAsF32AndAsBF16(dtype: DType) throws {
         let (rows, cols) = (70, 131)
         // Multiples of 1/8 in ±16 are exact in all three formats.
         let values = (0..<(rows * cols)).map { Float(($0 * 37) % 257 - 128) / 8 }
@@ -24,9 +23,9 @@ import KDModels
         let device = Device(id: 0)
         let plain = try file.load("matrix", on: device).toArray()
         #expect(plain == values)
-        let transposed = try file.loadTransposed("matrix", on: device)
-        #expect(transposed.shape == [cols, rows])
-        let expected = (0..<(cols * rows)).map { values[($0 % rows) * cols + $0 / rows] }
-        #expect(transposed.toArray() == expected)
+        let held = try file.load("matrix", on: device, as: .bf16)
+        #expect(held.dtype == .bf16 && held.shape == [rows, cols] && held.byteCount == rows * cols * 2)
+        #expect(try held.widened().toArray() == values)
+        #expect(throws: KDError.self) { try file.load("matrix", on: device, as: .f16) }
     }
 }

@@ -2,7 +2,7 @@ import KDCore
 
 /// A frozen linear layer `y = x·Wᵀ` with an optional LoRA adapter, named as in the checkpoint
 /// (`model.layers.3.self_attn.q_proj`). Backward produces the input gradient and accumulates
-/// the adapter's gradients; W itself never trains.
+/// the adapter's gradients; W itself never trains, and is held as f32 or bf16 (`WeightProducts`).
 public final class Linear {
     public let name: String
     /// The frozen weight [out, in]; PiSSA replaces it with the residual W − s·B₀·A₀.
@@ -19,7 +19,7 @@ public final class Linear {
     }
 
     public func replaceWeight(_ weight: Tensor) {
-        precondition(weight.shape == self.weight.shape)
+        precondition(weight.shape == self.weight.shape && weight.dtype == self.weight.dtype)
         self.weight = weight
     }
 
@@ -27,7 +27,7 @@ public final class Linear {
     /// adapter keeps what its backward needs.
     public func forward(_ x: Tensor, rows: Int, training: Bool = false) throws -> Tensor {
         let y = try Tensor(uninitializedShape: [rows, outFeatures], on: device)
-        BLAS.linear(x.data, rows: rows, inFeatures: inFeatures, weight: weight.data, outFeatures: outFeatures, into: y.data)
+        try WeightProducts.linear(x.data, rows: rows, weight: weight, into: y.data)
         if let adapter {
             try adapter.forward(x, rows: rows, accumulateInto: y, training: training)
         }
@@ -38,8 +38,7 @@ public final class Linear {
     /// `dx` (nothing upstream trains) only the adapter's gradients are formed.
     public func backward(_ dy: Tensor, rows: Int, into dx: Tensor?, accumulate: Bool) throws {
         if let dx {
-            BLAS.gemm(m: rows, n: inFeatures, k: outFeatures, a: dy.data, lda: outFeatures, b: weight.data,
-                      ldb: inFeatures, beta: accumulate ? 1 : 0, c: dx.data, ldc: inFeatures)
+            try WeightProducts.backward(dy.data, rows: rows, weight: weight, into: dx.data, accumulate: accumulate)
         }
         try adapter?.backward(dy, rows: rows, accumulateInto: dx)
     }
