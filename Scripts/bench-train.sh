@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The same KD training step in kd and in PyTorch + PEFT, in one run, at 1 and 2 threads, on two
-# shape sets (random checkpoints from kd init, vocabulary 151,936, LoRA r=16 on all seven
-# projections, every position scored):
+# shape sets (random bf16 checkpoints from kd init, vocabulary 151,936, LoRA r=16 on all seven
+# projections, every position scored). kd runs with the frozen weights held as bf16 (as stored) and
+# widened to f32 (teacher.dtype / student.dtype f32), PyTorch in f32:
 #   small:  teacher hidden 512 × 8 layers, student hidden 256 × 4 layers, batch 4 × 128
 #   qwen3:  Qwen3-1.7B → Qwen3-0.6B shapes (3 layers each, to fit the run in minutes), batch 1 × 256
 # PyTorch runs with glibc malloc and with jemalloc preloaded; the faster figure is the one to beat.
@@ -14,8 +15,8 @@ jemalloc=$(ls /usr/lib/x86_64-linux-gnu/libjemalloc.so.2 2>/dev/null || true)
 
 make_models() {  # name teacher-overrides student-overrides
   local name=$1
-  [ -d "$work/$name-teacher" ] || $kd init --preset "$4" $2 --output "$work/$name-teacher" --seed 1
-  [ -d "$work/$name-student" ] || $kd init --preset "$5" $3 --output "$work/$name-student" --seed 2
+  [ -d "$work/$name-teacher" ] || $kd init --preset "$4" $2 --dtype bf16 --output "$work/$name-teacher" --seed 1
+  [ -d "$work/$name-student" ] || $kd init --preset "$5" $3 --dtype bf16 --output "$work/$name-student" --seed 2
 }
 make_models small \
   "--set num_hidden_layers=8 --set hidden_size=512 --set intermediate_size=1536 --set num_attention_heads=8 --set num_key_value_heads=4 --set head_dim=64 --set tie_word_embeddings=false" \
@@ -32,26 +33,26 @@ for name, rows, length in [("small", 4, 128), ("qwen3", 1, 256)]:
             f.write(json.dumps({"input_ids": [random.randrange(151643) for _ in range(length)]}) + "\n")
 PY
 
-kd_run() {  # name batch threads
-  local name=$1 batch=$2 threads=$3 out="$work/run-$1-$3"
+kd_run() {  # name batch threads dtype
+  local name=$1 batch=$2 threads=$3 dtype=$4 out="$work/run-$1-$3"
   rm -rf "$out"
   cat > "$work/$name.yaml" <<YAML
 run: {output_dir: $out, seed: 1, threads: $threads}
 devices: {count: 2}
-teacher: {path: $work/$name-teacher, devices: [0]}
-student: {path: $work/$name-student, devices: [1]}
+teacher: {path: $work/$name-teacher, devices: [0], dtype: $dtype}
+student: {path: $work/$name-student, devices: [1], dtype: $dtype}
 lora: {r: 16, alpha: 32, dropout: 0.05}
 data: {train: $work/$name-tokens.jsonl, format: tokens, shuffle: false}
 train: {max_steps: $((steps + 1)), batch_size: $batch, lr: 1.0e-4, lr_schedule: constant, warmup_steps: 0}
 checkpoint: {every_steps: 0, keep_last: 1}
 YAML
-  python3 - "$kd" "$work/$name.yaml" "$threads" <<'PY'
+  python3 - "$kd" "$work/$name.yaml" "$threads" "$dtype" <<'PY'
 import json, resource, statistics, subprocess, sys
-kd, config, threads = sys.argv[1:4]
+kd, config, threads, dtype = sys.argv[1:5]
 lines = subprocess.run([kd, "train", "--config", config, "--json"], capture_output=True, text=True, check=True).stdout.splitlines()
 steps = [json.loads(l) for l in lines][1:]  # the first step warms up
 tokens_per_s = statistics.median(s["tokens_per_s"] for s in steps)
-print(json.dumps({"impl": "kd", "threads": int(threads), "tokens": steps[0]["tokens"],
+print(json.dumps({"impl": "kd", "held": "bf16" if dtype == "auto" else dtype, "threads": int(threads), "tokens": steps[0]["tokens"],
                   "step_s_median": round(steps[0]["tokens"] / tokens_per_s, 4), "tokens_per_s": round(tokens_per_s, 1),
                   "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)}))
 PY
@@ -68,7 +69,8 @@ for shape in "small 4" "qwen3 1"; do
   set -- $shape
   for threads in 1 2; do
     echo "# $1, $threads thread(s)"
-    kd_run "$1" "$2" "$threads"
+    kd_run "$1" "$2" "$threads" auto
+    kd_run "$1" "$2" "$threads" f32
     torch_run "$1" "$2" "$threads"
     [ -n "$jemalloc" ] && torch_run "$1" "$2" "$threads" "$jemalloc"
   done

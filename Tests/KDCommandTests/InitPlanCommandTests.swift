@@ -27,11 +27,13 @@ import Testing
         #expect(unknown.stderr.hasPrefix("kd: error: unknown preset 'qwen9' (presets: qwen3-0.6b,"))
     }
 
+    /// The seed's run (bf16 checkpoints as published, activation checkpointing on) fits on eight
+    /// 16 GiB devices; held as f32 it does not.
     @Test func planOfTheReferenceExperiment() throws {
         let dir = KDProcess.temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: dir) }
         for (preset, name) in [("qwen3-30b-a3b", "Qwen3-30B-A3B"), ("qwen3-8b", "Qwen3-8B")] {
-            let made = try KDProcess.run(["init", "--preset", preset, "--config-only", "--output", dir + "/" + name])
+            let made = try KDProcess.run(["init", "--preset", preset, "--config-only", "--dtype", "bf16", "--output", dir + "/" + name])
             #expect(made.status == 0, "\(made.stderr)")
         }
         let result = try KDProcess.run([
@@ -51,7 +53,14 @@ import Testing
         let teacherLayers = devices.prefix(6).flatMap { $0["layers"] as? [Int] ?? [] }
         #expect(teacherLayers == Array(0..<48))
         #expect(devices.allSatisfy { ($0["total_bytes"] as? Int ?? 0) > ($0["param_bytes"] as? Int ?? 0) })
-        #expect(devices.allSatisfy { $0["capacity_bytes"] as? Int == 80 << 30 })
+        #expect(devices.allSatisfy { $0["capacity_bytes"] as? Int == 16 << 30 })
+        #expect(devices.allSatisfy { $0["fits"] as? Bool == true && $0["held_dtype"] as? String == "BF16" })
+        let widened = try KDProcess.run([
+            "plan", "--config", KDProcess.repository + "/Configs/qwen3-30b-a3b-to-8b.yaml",
+            "--set", "teacher.path=\(dir)/Qwen3-30B-A3B", "--set", "student.path=\(dir)/Qwen3-8B",
+            "--set", "teacher.dtype=f32", "--set", "student.dtype=f32",
+        ])
+        #expect(widened.status == 1 && KDProcess.json(widened.stdout)["fits"] as? Bool == false)
         // LoRA weights, gradients and two AdamW moments: 16 bytes per trainable parameter.
         #expect(devices.reduce(0) { $0 + ($1["lora_bytes"] as? Int ?? 0) } == 174_587_904 * 16)
     }
