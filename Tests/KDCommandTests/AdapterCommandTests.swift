@@ -26,12 +26,17 @@ import KDModels
         let dir = KDProcess.temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let tokens = Self.fixture + "/tokens.jsonl"
-        let withAdapter = try KDProcess.run([
-            "forward", "--model", Self.fixture + "/student", "--adapter", Self.fixture + "/adapter-init",
-            "--tokens", tokens, "--output", dir + "/adapter.safetensors", "--devices", "0,1",
-        ])
-        #expect(withAdapter.status == 0, "\(withAdapter.stderr)")
-        #expect(try Self.maxError(dir + "/adapter.safetensors") < 1e-4)
+        // The base's weights are exact in bf16: held as bf16 or f32, the same logits.
+        for dtype in ["f32", "bf16"] {
+            let withAdapter = try KDProcess.run([
+                "forward", "--model", Self.fixture + "/student", "--adapter", Self.fixture + "/adapter-init",
+                "--tokens", tokens, "--output", dir + "/adapter-\(dtype).safetensors", "--devices", "0,1", "--dtype", dtype,
+            ])
+            #expect(withAdapter.status == 0, "\(withAdapter.stderr)")
+            #expect(try Self.maxError(dir + "/adapter-\(dtype).safetensors") < 1e-4)
+        }
+        #expect(FileManager.default.contents(atPath: dir + "/adapter-f32.safetensors")
+                == FileManager.default.contents(atPath: dir + "/adapter-bf16.safetensors"))
 
         let export = try KDProcess.run([
             "export", "--model", Self.fixture + "/student", "--adapter", Self.fixture + "/adapter-init", "--output", dir + "/merged",

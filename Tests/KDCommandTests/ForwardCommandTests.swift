@@ -4,14 +4,16 @@ import KDCore
 import KDModels
 
 @Suite struct ForwardCommandTests {
-    @Test func forwardWritesTransformersLogitsAcrossDevices() throws {
+    /// With the (bf16-exact) weights held as f32 and as bf16; a bad --dtype is one line.
+    @Test(arguments: ["f32", "bf16"])
+    func forwardWritesTransformersLogitsAcrossDevices(dtype: String) throws {
         let dir = KDProcess.temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let model = KDProcess.fixtures + "/forward/moe-8x2"
         let output = dir + "/logits.safetensors"
         let result = try KDProcess.run([
             "forward", "--model", model, "--tokens", model + "/tokens.jsonl", "--output", output,
-            "--devices", "0,1,2", "--batch-rows", "2", "--json",
+            "--devices", "0,1,2", "--batch-rows", "2", "--json", "--dtype", dtype,
         ])
         #expect(result.status == 0, "\(result.stderr)")
         let summary = KDProcess.json(result.stdout)
@@ -30,6 +32,11 @@ import KDModels
             for v in 0..<128 { worst = max(worst, abs(a.data[row * 128 + v] - b.data[row * 128 + v])) }
         }
         #expect(worst < 1e-4)
+        let bad = try KDProcess.run(["forward", "--model", model, "--tokens", model + "/tokens.jsonl", "--output", output,
+                                     "--dtype", "f16"])
+        #expect(bad.status == 1)
+        #expect(bad.stderr == "kd: error: --dtype: 'f16' is not a weight dtype: expected auto, bf16 or f32 "
+                + "(kd holds weights as f32 or bf16; f16 checkpoints are widened to f32 by auto)\n")
     }
 
     @Test func badTokenLinesGiveOneLineAndExitOne() throws {
