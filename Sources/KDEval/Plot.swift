@@ -3,9 +3,16 @@ import KDCore
 import KDText
 
 /// An SVG of a run's metrics.jsonl: loss, kl_loss, ce_loss and grad_norm against step, one
-/// panel each, drawn by hand (no plotting library).
+/// panel each, drawn by hand (no plotting library); a run whose `divergence` is not the forward
+/// KL (distill.loss reverse_kl or jsd) gets a panel for it after kl_loss.
 public enum MetricsPlot {
-    public static let series = ["loss", "kl_loss", "ce_loss", "grad_norm"]
+    public static let series = ["loss", "kl_loss", "divergence", "ce_loss", "grad_norm"]
+
+    /// The series with values: `divergence` only where it differs from kl_loss.
+    static func drawn(_ points: [(step: Int, values: [String: Double])]) -> [String] {
+        let distinct = points.contains { p in p.values["divergence"].map { $0 != p.values["kl_loss"] } ?? false }
+        return series.filter { $0 != "divergence" || distinct }
+    }
 
     /// Reads metrics.jsonl into (step, values by key).
     public static func read(_ path: String) throws -> [(step: Int, values: [String: Double])] {
@@ -22,6 +29,7 @@ public enum MetricsPlot {
 
     public static func svg(_ points: [(step: Int, values: [String: Double])], title: String) -> String {
         let width = 900.0, panelHeight = 190.0, left = 70.0, right = 20.0, top = 60.0, gap = 36.0
+        let series = drawn(points)
         let height = top + Double(series.count) * (panelHeight + gap)
         let steps = points.map { Double($0.step) }
         let minStep = steps.min()!, maxStep = max(steps.max()!, minStep + 1)
@@ -31,7 +39,7 @@ public enum MetricsPlot {
             <text x="\(left)" y="24" font-size="15">\(escape(title))</text>
 
             """
-        let colors = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"]
+        let colors = ["#1f77b4", "#d62728", "#ff7f0e", "#2ca02c", "#9467bd"]
         for (index, key) in series.enumerated() {
             let y0 = top + Double(index) * (panelHeight + gap)
             let values = points.compactMap { p in p.values[key].map { (Double(p.step), $0) } }
@@ -52,7 +60,7 @@ public enum MetricsPlot {
                 svg += "<text x=\"\(x(step))\" y=\"\(y0 + panelHeight + 14)\" text-anchor=\"middle\">\(Int(step.rounded()))</text>\n"
             }
             let path = values.map { String(format: "%.1f,%.1f", x($0.0), y($0.1)) }.joined(separator: " ")
-            svg += "<polyline points=\"\(path)\" fill=\"none\" stroke=\"\(colors[index])\" stroke-width=\"1.6\"/>\n"
+            svg += "<polyline points=\"\(path)\" fill=\"none\" stroke=\"\(colors[Self.series.firstIndex(of: key) ?? 0])\" stroke-width=\"1.6\"/>\n"
         }
         svg += "<text x=\"\(width / 2)\" y=\"\(height - 8)\" text-anchor=\"middle\">step</text>\n</svg>\n"
         return svg

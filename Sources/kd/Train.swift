@@ -52,7 +52,8 @@ struct Train: KDCommand {
         }
         installStopHandlers()
         let toStdout = json || !Console.stdoutIsTerminal
-        let progress = Progress(total: run.train.maxSteps, start: training.trainer.step, terminal: Console.stderrIsTerminal)
+        let progress = Progress(total: run.train.maxSteps, start: training.trainer.step, terminal: Console.stderrIsTerminal,
+                                divergence: run.distill.loss == .forwardKL ? nil : run.distill.loss.rawValue)
         let outcome = try training.run(
             onStep: { metrics in
                 if toStdout { Console.json(metrics.json) }
@@ -93,25 +94,30 @@ struct Train: KDCommand {
     }
 }
 
-/// A one-line progress bar with ETA on a terminal; a plain line per logged step otherwise.
+/// A one-line progress bar with ETA on a terminal; a plain line per logged step otherwise. With a
+/// divergence other than the forward KL, its value follows `kl` under its own name.
 final class Progress {
     let total: Int
     let terminal: Bool
     let started = ContinuousClock.now
     let firstStep: Int
+    let divergence: String?
 
-    init(total: Int, start: Int, terminal: Bool) {
+    init(total: Int, start: Int, terminal: Bool, divergence: String?) {
         self.total = total
         self.terminal = terminal
         self.firstStep = start
+        self.divergence = divergence
     }
 
     func show(_ m: StepMetrics) {
         let done = m.step - firstStep
         let perStep = (ContinuousClock.now - started).seconds / Double(max(1, done))
         let eta = Int(perStep * Double(total - m.step))
-        let text = String(format: "step %d/%d  loss %.4f  kl %.4f  ce %.4f  |g| %.3f  lr %.2e  %.0f tok/s  ETA %d:%02d",
-                          m.step, total, m.loss, m.klLoss, m.ceLoss, m.gradNorm, m.lr, m.tokensPerSecond, eta / 60, eta % 60)
+        let chosen = divergence.map { "  \($0) " + String(format: "%.4f", m.divergence) } ?? ""
+        let text = String(format: "step %d/%d  loss %.4f  kl %.4f", m.step, total, m.loss, m.klLoss) + chosen
+            + String(format: "  ce %.4f  |g| %.3f  lr %.2e  %.0f tok/s  ETA %d:%02d", m.ceLoss, m.gradNorm, m.lr,
+                     m.tokensPerSecond, eta / 60, eta % 60)
         if terminal {
             let width = 20
             let filled = total > 0 ? width * m.step / total : width

@@ -53,6 +53,38 @@ import KDCore
         #expect(Set(hashes[1...]).count == 4)
     }
 
+    /// The progress line names the chosen divergence and its value beside kl; kd plot draws it in its
+    /// own panel. A forward_kl run shows neither (its divergence is kl_loss).
+    @Test func progressAndPlotShowTheDivergence() throws {
+        let out = KDProcess.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: out) }
+        for (name, settings) in [("reverse", ["distill.loss=reverse_kl"]), ("jsd", ["distill.loss=jsd"]), ("forward", [])] {
+            let result = try KDProcess.run([
+                "train", "--config", Self.fixture + "/run.yaml", "--set", "run.output_dir=\(out)/\(name)",
+                "--set", "teacher.path=\(Self.fixture)/teacher", "--set", "student.path=\(Self.fixture)/student",
+                "--set", "lora.init_from=\(Self.fixture)/adapter-init", "--set", "data.train=\(Self.fixture)/tokens.jsonl",
+                "--set", "train.max_steps=2",
+            ] + settings.flatMap { ["--set", $0] })
+            #expect(result.status == 0, "\(result.stderr)")
+            let progress = result.stderr.split(separator: "\n").filter { $0.hasPrefix("step ") }
+            let plot = try KDProcess.run(["plot", "\(out)/\(name)"])
+            #expect(plot.status == 0, "\(plot.stderr)")
+            let svg = (try? String(contentsOfFile: "\(out)/\(name)/metrics.svg", encoding: .utf8)) ?? ""
+            #expect(progress.count == 2)
+            switch name {
+            case "reverse":
+                #expect(progress.allSatisfy { $0.contains("  kl ") && $0.contains("  reverse_kl ") })
+                #expect(svg.contains(">divergence<"))
+            case "jsd":
+                #expect(progress.allSatisfy { $0.contains("  jsd ") })
+                #expect(svg.contains(">divergence<"))
+            default:
+                #expect(progress.allSatisfy { !$0.contains("forward_kl") && !$0.contains("jsd") })
+                #expect(svg.contains(">kl_loss<") && !svg.contains(">divergence<"))
+            }
+        }
+    }
+
     @Test(arguments: ["distill.jsd_beta=0", "distill.jsd_beta=1", "distill.jsd_beta=1.5", "distill.loss=kl"])
     func badSettingsAreOneLineNamingTheKey(_ setting: String) throws {
         let result = try KDProcess.run(["train", "--config", Self.fixture + "/run.yaml", "--set", setting])
