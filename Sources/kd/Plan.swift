@@ -20,7 +20,8 @@ struct Plan: KDCommand {
                 layers.isEmpty ? nil : "\(role) layers \(layers.first!)-\(layers.last!)"
             }
             let what = (layers + device.holds).joined(separator: ", ")
-            Console.info(String(format: "device %d  %-15@ %@ of %@%@  %@", device.id, device.role,
+            let held = device.heldDTypes.isEmpty ? "" : " " + device.heldDTypes.sorted().joined(separator: "+")
+            Console.info(String(format: "device %d  %-20@ %@ of %@%@  %@", device.id, device.role + held,
                                 formatBytes(device.totalBytes), budget, device.fits ? "" : "  OVER BUDGET",
                                 what.isEmpty ? "" : "(\(what))"))
         }
