@@ -13,14 +13,26 @@ optimizer slots; metadata step = 1). kd's trainer_state.json (step, data cursor,
 not written here: the parity test takes it from kd's own step-1 checkpoint of the same run and
 resumes from this state, so step 2 is compared from identical parameters and moments.
 
+dense-teacher/ also holds divergences.safetensors: step 1 alone (rows [0, 1], one batch of 2, from
+adapter-init/ loaded afresh) under every distill.loss kd offers, at T = 1 and T = 2, with jsd at
+beta 0.1, 0.5 and 0.9 (a = 0.8 throughout). Per case `<loss>-T<t>` or `jsd-b<beta>-T<t>` (as
+forward_kl-T1, jsd-b0.5-T2): `<case>.metrics` float64 [loss, divergence, kl_loss, ce_loss,
+grad_norm (before clipping)], `<case>.grad.<kd name>` every LoRA gradient before clipping and
+`<case>.magnitude.<kd name>` its magnitude (see Magnitudes). It is computed after everything else
+of the fixture, with the global random state restored afterwards and no draws of its own, so the
+other files do not depend on it.
+
 The reference is the KD step written plainly in torch: teacher logits under no_grad, the
 student's logits through PEFT, both shifted by one, KL(p_teacher/T || q_student/T) and CE over
-the N scored positions of the step, loss = a*T^2*KL + (1-a)*CE, clip_grad_norm_, AdamW.
+the N scored positions of the step, loss = a*T^2*KL + (1-a)*CE, clip_grad_norm_, AdamW. For
+divergences.safetensors KL is replaced by the divergence D of the case (see divergence), autograd
+giving its gradient; kl_loss stays KL(p || q).
 
     pip install torch transformers peft safetensors
     python3 Scripts/make_train_fixtures.py
 """
 import json
+import math
 import os
 import shutil
 
@@ -90,6 +102,82 @@ def kd_loss(teacher_logits, student_logits, labels, n, alpha, temperature):
     kl = (p * (log_p - log_q)).sum() / n
     ce = F.cross_entropy(s[mask], target[mask], reduction="sum") / n
     return alpha * temperature ** 2 * kl + (1 - alpha) * ce, kl, ce
+
+
+def divergence(kind, log_p, log_q, beta):
+    """D per position, from the log-probabilities of teacher (p) and student (q) at the temperature:
+    forward_kl KL(p || q), reverse_kl KL(q || p), jsd beta*KL(p || m) + (1-beta)*KL(q || m) with
+    m = beta*p + (1-beta)*q, log m = logsumexp(log beta + log p, log(1-beta) + log q)."""
+    p, q = log_p.exp(), log_q.exp()
+    if kind == "forward_kl":
+        return (p * (log_p - log_q)).sum(-1)
+    if kind == "reverse_kl":
+        return (q * (log_q - log_p)).sum(-1)
+    assert kind == "jsd" and 0 < beta < 1
+    log_m = torch.logsumexp(torch.stack([log_p + math.log(beta), log_q + math.log(1 - beta)]), dim=0)
+    return beta * (p * (log_p - log_m)).sum(-1) + (1 - beta) * (q * (log_q - log_m)).sum(-1)
+
+
+def divergence_loss(teacher_logits, student_logits, labels, n, alpha, temperature, kind, beta):
+    """As kd_loss with D in place of KL: sums over the scored positions of one micro-batch, divided by
+    the step's N; returns loss, divergence, kl (forward, whatever D is) and ce."""
+    t = teacher_logits[:, :-1]
+    s = student_logits[:, :-1]
+    target = labels[:, 1:]
+    mask = target != -100
+    log_p = F.log_softmax(t[mask] / temperature, dim=-1)
+    log_q = F.log_softmax(s[mask] / temperature, dim=-1)
+    d = divergence(kind, log_p, log_q, beta).sum() / n
+    kl = divergence("forward_kl", log_p, log_q, beta).sum() / n
+    ce = F.cross_entropy(s[mask], target[mask], reduction="sum") / n
+    return alpha * temperature ** 2 * d + (1 - alpha) * ce, d, kl, ce
+
+
+# (distill.loss, T, jsd beta or None) of divergences.safetensors.
+DIVERGENCE_CASES = ([(kind, t, None) for kind in ["forward_kl", "reverse_kl"] for t in [1, 2]]
+                    + [("jsd", t, beta) for beta in [0.1, 0.5, 0.9] for t in [1, 2]])
+
+
+def divergence_case_key(kind, temperature, beta):
+    return f"{kind}-T{temperature}" if beta is None else f"{kind}-b{beta}-T{temperature}"
+
+
+def make_divergences(out, teacher, rows, micro):
+    """divergences.safetensors: step 1 under every case of DIVERGENCE_CASES, each from adapter-init/
+    loaded afresh. No random draws (PEFT's LoRA initialisation, overwritten by the loaded adapter,
+    draws from the global generator, which is restored afterwards)."""
+    rng = torch.get_rng_state()
+    expected = {}
+    step_rows = rows[0:2]
+    batches = [pad(step_rows[i:i + micro]) for i in range(0, len(step_rows), micro)]
+    n = sum(int((labels[:, 1:] != -100).sum()) for _, labels, _ in batches)
+    with torch.no_grad():
+        teacher_logits = [teacher(input_ids=ids, attention_mask=mask).logits for ids, _, mask in batches]
+    for kind, temperature, beta in DIVERGENCE_CASES:
+        case = divergence_case_key(kind, temperature, beta)
+        model = PeftModel.from_pretrained(
+            Qwen3ForCausalLM.from_pretrained(os.path.join(out, "student"), attn_implementation="eager"),
+            os.path.join(out, "adapter-init"), is_trainable=True)
+        model.train()
+        params = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+        magnitudes = Magnitudes(model)
+        totals = [0.0, 0.0, 0.0, 0.0]
+        for (ids, labels, mask), t_logits in zip(batches, teacher_logits):
+            student_logits = model(input_ids=ids, attention_mask=mask).logits
+            terms = divergence_loss(t_logits, student_logits, labels, n, SETTINGS["alpha"], float(temperature), kind, beta)
+            terms[0].backward()
+            totals = [total + term.item() for total, term in zip(totals, terms)]
+        for name, p in params:
+            expected[f"{case}.grad.{kd_key(name)}"] = p.grad.detach().clone()
+        for key, magnitude in magnitudes.of(params).items():
+            expected[f"{case}.magnitude.{key}"] = magnitude
+        grad_norm = torch.nn.utils.clip_grad_norm_([p for _, p in params], SETTINGS["max_grad_norm"]).item()
+        loss, d, kl, ce = totals
+        expected[f"{case}.metrics"] = torch.tensor([loss, d, kl, ce, grad_norm], dtype=torch.float64)
+        print(f"divergence {case}: loss {loss:.6f} divergence {d:.6f} kl {kl:.6f} ce {ce:.6f} "
+              f"grad_norm {grad_norm:.6f} N {n}")
+    save_file({k: v.contiguous() for k, v in expected.items()}, os.path.join(out, "divergences.safetensors"))
+    torch.set_rng_state(rng)
 
 
 def pad(rows):
@@ -267,6 +355,8 @@ def make(index, fixture):
     for name, p in params:
         expected[f"final.{kd_key(name)}"] = p.detach().clone()
     save_file({k: v.contiguous() for k, v in expected.items()}, os.path.join(out, "expected.safetensors"))
+    if fixture["name"] == "dense-teacher":
+        make_divergences(out, teacher, rows, micro)
 
     with open(os.path.join(out, "run.yaml"), "w") as f:
         f.write(f"""# kd settings matching the torch reference; the test supplies the paths.

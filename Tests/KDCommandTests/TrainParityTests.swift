@@ -75,26 +75,37 @@ import KDModels
     /// Compares one step's metrics and gradients; returns the worst error / tolerance of each.
     static func compare(step: Int, line: [String: Any], gradientsPath: String, expected: SafetensorsFile) throws
         -> (metrics: Double, gradients: Double) {
+        try compare(prefix: "step\(step)", label: "step \(step)", metrics: ["loss", "kl_loss", "ce_loss", "grad_norm"],
+                    line: line, gradientsPath: gradientsPath, expected: expected)
+    }
+
+    /// Compares the `metrics` of a metrics line with the float64 `<prefix>.metrics` of `expected` (in
+    /// that order), and every tensor of the gradients file with `<prefix>.grad.<name>` to the tolerance
+    /// of `<prefix>.magnitude.<name>`; returns the worst error / tolerance of each. `label` names the
+    /// step or case in failures.
+    static func compare(prefix: String, label: String, metrics names: [String], line: [String: Any], gradientsPath: String,
+                        expected: SafetensorsFile) throws -> (metrics: Double, gradients: Double) {
         var worstMetric = 0.0, worstGradient = 0.0
-        let reference = try expected.bytes("step\(step).metrics").withUnsafeBytes { Array($0.bindMemory(to: Double.self)) }
-        for (key, value) in zip(["loss", "kl_loss", "ce_loss", "grad_norm"], reference) {
+        let reference = try expected.bytes("\(prefix).metrics").withUnsafeBytes { Array($0.bindMemory(to: Double.self)) }
+        #expect(reference.count == names.count, "\(label): \(reference.count) reference metrics for \(names)")
+        for (key, value) in zip(names, reference) {
             let got = line[key] as? Double ?? .nan
             let ratio = abs(got - value) / tolerance(value)
             worstMetric = max(worstMetric, ratio)
-            #expect(ratio <= 1, "step \(step) \(key): \(got) vs \(value)")
+            #expect(ratio <= 1, "\(label) \(key): \(got) vs \(value)")
         }
         let gradients = try SafetensorsFile(path: gradientsPath)
         #expect(gradients.tensors.count == 2 * 7 * 2)
         for name in gradients.tensors.keys.sorted() {
-            #expect(gradients.tensors[name]?.shape == expected.tensors["step\(step).grad.\(name)"]?.shape, "\(name)")
-            let got = try values(gradients, name), want = try values(expected, "step\(step).grad.\(name)")
-            let magnitude = try values(expected, "step\(step).magnitude.\(name)")
+            #expect(gradients.tensors[name]?.shape == expected.tensors["\(prefix).grad.\(name)"]?.shape, "\(label) \(name)")
+            let got = try values(gradients, name), want = try values(expected, "\(prefix).grad.\(name)")
+            let magnitude = try values(expected, "\(prefix).magnitude.\(name)")
             guard got.count == want.count, magnitude.count == want.count else { continue }
             for i in want.indices {
                 let ratio = abs(Double(got[i]) - Double(want[i])) / tolerance(Double(magnitude[i]))
                 worstGradient = max(worstGradient, ratio)
                 if !(ratio <= 1) {
-                    Issue.record("step \(step) \(name)[\(i)]: \(got[i]) vs \(want[i]) (magnitude \(magnitude[i]))")
+                    Issue.record("\(label) \(name)[\(i)]: \(got[i]) vs \(want[i]) (magnitude \(magnitude[i]))")
                     break
                 }
             }
