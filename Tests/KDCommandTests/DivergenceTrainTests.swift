@@ -5,8 +5,9 @@ import KDCore
 /// `kd train --set distill.loss=...` end to end on the dense-teacher training fixture (one step
 /// from its initial adapter): reverse_kl and jsd run, log `divergence`, and keep `kl_loss` as the
 /// forward KL; the default forward_kl logs divergence = kl_loss. The kernel's numbers themselves
-/// are checked in DivergenceTests and DivergenceFixtureTests; TrainParityTests checks that the
-/// default still matches torch.
+/// are checked in DivergenceTests and DivergenceFixtureTests; DivergenceParityTests checks every
+/// divergence's step (metrics and each LoRA gradient) against torch, TrainParityTests two steps of
+/// the default.
 @Suite struct DivergenceTrainTests {
     static let fixture = KDProcess.fixtures + "/train/dense-teacher"
 
