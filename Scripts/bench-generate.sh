@@ -12,7 +12,7 @@ reps=${1:-3}
 . "$(dirname "$0")/bench-setup.sh" bench-generate
 model="$work/qwen3-0.6b-bf16"
 [ -d "$model" ] || $kd init --preset qwen3-0.6b --dtype bf16 --output "$model"
-gcc -O2 -march=haswell Scripts/bandwidth_bench.c -o "$work/bandwidth_bench" -lpthread
+gcc -O3 -march=haswell Scripts/bandwidth_bench.c -o "$work/bandwidth_bench" -lpthread
 prompt=$(python3 -c 'import random; random.seed(1); print(",".join(str(random.randrange(151643)) for _ in range(32)))')
 # Weight bytes one decoded token reads: every matrix once (the tied head is the embedding).
 python3 - "$model/config.json" <<'PY'
