@@ -45,29 +45,18 @@ public struct JSONFields {
         KDError("\(file): \(key) must be \(expected)")
     }
 
-    public func int(_ key: String) throws -> Int? {
+    /// The value at `key` converted by `convert`; nil when absent or null, an error naming the key
+    /// and `expected` when it is of another type.
+    private func typed<T>(_ key: String, _ expected: String, _ convert: (Any) -> T?) throws -> T? {
         guard let value = present(key) else { return nil }
-        guard let int = JSONValue.int(value) else { throw wrong(key, "an integer") }
-        return int
+        guard let typed = convert(value) else { throw wrong(key, expected) }
+        return typed
     }
 
-    public func number(_ key: String) throws -> Double? {
-        guard let value = present(key) else { return nil }
-        guard let number = JSONValue.number(value) else { throw wrong(key, "a number") }
-        return number
-    }
-
-    public func bool(_ key: String) throws -> Bool? {
-        guard let value = present(key) else { return nil }
-        guard let bool = JSONValue.bool(value) else { throw wrong(key, "true or false") }
-        return bool
-    }
-
-    public func string(_ key: String) throws -> String? {
-        guard let value = present(key) else { return nil }
-        guard let string = value as? String else { throw wrong(key, "a string") }
-        return string
-    }
+    public func int(_ key: String) throws -> Int? { try typed(key, "an integer", JSONValue.int) }
+    public func number(_ key: String) throws -> Double? { try typed(key, "a number", JSONValue.number) }
+    public func bool(_ key: String) throws -> Bool? { try typed(key, "true or false", JSONValue.bool) }
+    public func string(_ key: String) throws -> String? { try typed(key, "a string") { $0 as? String } }
 
     public func strings(_ key: String) throws -> [String]? {
         guard let value = present(key) else { return nil }
