@@ -48,9 +48,7 @@ public final class CausalLM {
             // Tied on one device: token rows are read from the head; one copy is kept.
             let tiedHere = spec.tieWordEmbeddings && stage.holdsEmbedding && stage.holdsHead
             try device.run {
-                func held(_ name: String) throws -> Tensor {
-                    try checkpoint.load(name, on: device, as: checkpoint.heldDType(of: name, dtype))
-                }
+                func held(_ name: String) throws -> Tensor { try checkpoint.load(name, on: device, heldAs: dtype) }
                 if stage.holdsEmbedding && !tiedHere { embedding = try held("model.embed_tokens.weight") }
                 for index in stage.layers {
                     layers.append(try loadLayer(index, from: checkpoint, spec: spec, on: device, dtype: dtype))
@@ -69,9 +67,7 @@ public final class CausalLM {
     static func loadLayer(_ index: Int, from checkpoint: Checkpoint, spec: ModelSpec, on device: Device,
                           dtype: WeightDType) throws -> DecoderLayer {
         let p = "model.layers.\(index)."
-        func tensor(_ name: String) throws -> Tensor {
-            try checkpoint.load(p + name, on: device, as: checkpoint.heldDType(of: p + name, dtype))
-        }
+        func tensor(_ name: String) throws -> Tensor { try checkpoint.load(p + name, on: device, heldAs: dtype) }
         func linear(_ name: String) throws -> Linear { Linear(name: p + name, weight: try tensor(name + ".weight")) }
         func mlp(_ prefix: String) throws -> MLP {
             MLP(gateProj: try linear(prefix + "gate_proj"), upProj: try linear(prefix + "up_proj"),

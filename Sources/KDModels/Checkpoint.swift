@@ -101,6 +101,11 @@ public final class Checkpoint {
         return try file.load(name, on: device, as: dtype)
     }
 
+    /// One tensor onto `device`, in the dtype `setting` holds it in.
+    public func load(_ name: String, on device: Device, heldAs setting: WeightDType) throws -> Tensor {
+        try load(name, on: device, as: heldDType(of: name, setting))
+    }
+
     /// The dtype kd holds tensor `name` in under `setting` (see `WeightDType`).
     public func heldDType(of name: String, _ setting: WeightDType) -> DType {
         guard let info = tensors[name]?.info else { return .f32 }

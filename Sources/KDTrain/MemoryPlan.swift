@@ -112,11 +112,10 @@ public struct MemoryPlan: Sendable {
 
     /// Each tensor's stored dtype (`weightDTypes`) and the dtype kd holds it in under `setting`.
     static func dtypes(at path: String, spec: ModelSpec, setting: WeightDType) throws
-        -> (stored: (String) -> String, held: (String) -> DType, applies: (String) -> Bool) {
+        -> (stored: (String) -> String, held: (String) -> DType, shapes: [String: [Int]]) {
         let stored = try weightDTypes(at: path, spec: spec)
         let shapes = Dictionary(spec.checkpointTensors().map { ($0.name, $0.shape) }, uniquingKeysWith: { a, _ in a })
-        return (stored, { setting.held($0, shape: shapes[$0] ?? [], stored: DType(rawValue: stored($0)) ?? .f32) },
-                { WeightDType.applies(to: $0, shape: shapes[$0] ?? []) })
+        return (stored, { setting.held($0, shape: shapes[$0] ?? [], stored: DType(rawValue: stored($0)) ?? .f32) }, shapes)
     }
 
     public init(config: RunConfig) throws {
@@ -145,8 +144,7 @@ public struct MemoryPlan: Sendable {
         for model in [teacher, student] {
             let spec = model.spec
             let training = model.role == "student"
-            let (dtypeOf, held, applies) = training ? studentDTypes : teacherDTypes
-            let shapes = Dictionary(spec.checkpointTensors().map { ($0.name, $0.shape) }, uniquingKeysWith: { a, _ in a })
+            let (dtypeOf, held, shapes) = training ? studentDTypes : teacherDTypes
             for stage in model.placement.stages {
                 let id = model.devices[stage.deviceIndex]
                 var names = stage.layers.flatMap { spec.layerTensors($0).map(\.name) }
@@ -155,7 +153,7 @@ public struct MemoryPlan: Sendable {
                     names += ["model.norm.weight", spec.tieWordEmbeddings ? "model.embed_tokens.weight" : "lm_head.weight"]
                 }
                 usage[id].weightDTypes.formUnion(names.map(dtypeOf))
-                usage[id].heldDTypes.formUnion(names.filter(applies).map { held($0).rawValue })
+                usage[id].heldDTypes.formUnion(names.filter { WeightDType.applies(to: $0, shape: shapes[$0] ?? []) }.map { held($0).rawValue })
                 // The f32 buffer bf16 panels are widened into: the largest panel of a bf16 matrix here.
                 let panel = names.filter { held($0) == .bf16 }.compactMap { shapes[$0] }
                     .map { Swift.min(WeightProducts.panelRows, $0[0]) * $0[1] }.max() ?? 0
