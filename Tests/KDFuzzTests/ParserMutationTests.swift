@@ -38,40 +38,13 @@ import KDFuzzSupport
         #expect(summary.rejected > 0, "mutants reach the error paths")
     }
 
-    @Test func safetensorsHeader() {
-        let seeds = FuzzSeeds.seeds(for: .safetensors, small: true).count
-        ParserMutationTests.check(ParserMutationTests.run(.safetensors), seeds: seeds)
-    }
-
-    @Test func modelConfigJSON() {
-        let seeds = FuzzSeeds.seeds(for: .config, small: true).count
-        ParserMutationTests.check(ParserMutationTests.run(.config), seeds: seeds)
-    }
-
-    @Test func runYAMLWithOverrides() {
-        let seeds = FuzzSeeds.seeds(for: .runYAML, small: true).count
-        ParserMutationTests.check(ParserMutationTests.run(.runYAML), seeds: seeds)
-    }
-
-    @Test func jsonLinesAndDatasets() {
-        #expect(FuzzEnvironment.qwen3 != nil, "the Qwen3 tokenizer in Configs/tokenizer/qwen3 loads")
-        let seeds = FuzzSeeds.seeds(for: .jsonl, small: true).count
-        ParserMutationTests.check(ParserMutationTests.run(.jsonl), seeds: seeds)
-    }
-
-    @Test func tokenizerJSON() {
-        let seeds = FuzzSeeds.seeds(for: .tokenizer, small: true).count
-        ParserMutationTests.check(ParserMutationTests.run(.tokenizer), seeds: seeds)
-    }
-
-    @Test func peftAdapter() {
-        let seeds = FuzzSeeds.seeds(for: .peft, small: true).count
-        ParserMutationTests.check(ParserMutationTests.run(.peft), seeds: seeds)
-    }
-
-    @Test func trainerState() {
-        let seeds = FuzzSeeds.seeds(for: .trainerState, small: true).count
-        ParserMutationTests.check(ParserMutationTests.run(.trainerState), seeds: seeds)
+    /// Every target: the safetensors header, model config.json, run YAML with overrides, JSONL
+    /// records and datasets, tokenizer.json, PEFT adapters and trainer_state.json.
+    @Test(arguments: FuzzTarget.allCases)
+    func mutantsReturnOrThrow(_ target: FuzzTarget) {
+        if target == .jsonl { #expect(FuzzEnvironment.qwen3 != nil, "the Qwen3 tokenizer in Configs/tokenizer/qwen3 loads") }
+        let seeds = FuzzSeeds.seeds(for: target, small: true).count
+        ParserMutationTests.check(ParserMutationTests.run(target), seeds: seeds)
     }
 }
 
