@@ -90,20 +90,6 @@ def randomise(model, generator, scale):
             round_to_bf16(param)
 
 
-def kd_loss(teacher_logits, student_logits, labels, n, alpha, temperature):
-    """Sums over the scored positions of one micro-batch, divided by the step's N."""
-    t = teacher_logits[:, :-1]
-    s = student_logits[:, :-1]
-    target = labels[:, 1:]
-    mask = target != -100
-    p = F.softmax(t[mask] / temperature, dim=-1)
-    log_p = F.log_softmax(t[mask] / temperature, dim=-1)
-    log_q = F.log_softmax(s[mask] / temperature, dim=-1)
-    kl = (p * (log_p - log_q)).sum() / n
-    ce = F.cross_entropy(s[mask], target[mask], reduction="sum") / n
-    return alpha * temperature ** 2 * kl + (1 - alpha) * ce, kl, ce
-
-
 def divergence(kind, log_p, log_q, beta):
     """D per position, from the log-probabilities of teacher (p) and student (q) at the temperature:
     forward_kl KL(p || q), reverse_kl KL(q || p), jsd beta*KL(p || m) + (1-beta)*KL(q || m) with
@@ -131,6 +117,12 @@ def divergence_loss(teacher_logits, student_logits, labels, n, alpha, temperatur
     kl = divergence("forward_kl", log_p, log_q, beta).sum() / n
     ce = F.cross_entropy(s[mask], target[mask], reduction="sum") / n
     return alpha * temperature ** 2 * d + (1 - alpha) * ce, d, kl, ce
+
+
+def kd_loss(teacher_logits, student_logits, labels, n, alpha, temperature):
+    """The seed's loss (forward KL): loss, kl and ce of divergence_loss."""
+    loss, _, kl, ce = divergence_loss(teacher_logits, student_logits, labels, n, alpha, temperature, "forward_kl", None)
+    return loss, kl, ce
 
 
 # (distill.loss, T, jsd beta or None) of divergences.safetensors.
