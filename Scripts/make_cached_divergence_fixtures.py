@@ -1,0 +1,214 @@
+#!/usr/bin/env python3
+"""Makes Tests/Fixtures/divergence/cached.safetensors: the distillation loss from an offline top-K
+teacher cache and its gradient w.r.t. the student logits, by torch autograd in float64.
+
+The teacher, student and labels are those of make_divergence_fixtures.py (generator seed 7, ROWS
+positions, VOCAB tokens, f32 values). This is the spec kd implements.
+
+The cache of a row, from the teacher's f32 logits t over the vocabulary V:
+    ids[K]     the K ids with the largest t, by descending t (ties: smaller id first), I32
+    logits[K]  t at those ids (raw, before temperature), F32
+    lse        log sum_v exp(t_v) over the whole row, F32
+    tail       log sum_{v not in ids} exp(t_v - lse), summed over the tail directly (not as
+               1 - sum), F32; -inf when K = V
+lse and tail are computed in float64 from the f32 t, then rounded to f32 and stored. Everything
+below reads the STORED f32 values, exactly as kd does.
+
+Teacher over K+1 outcomes (the K ids and "the rest"):
+    T == 1:  P_k = exp(logits_k - lse),            P_rest = exp(tail)
+    T != 1:  P_k = softmax_k(logits / T) over K,   P_rest = 0 (the tempered tail is unknown)
+Student: q = softmax(s/T) over V, Q_k = q[ids_k], Q_rest = sum_{v not in ids} q_v (a masked sum,
+not 1 - sum Q_k; 0 when K = V). The "rest" outcome is dropped entirely when K = V.
+D over the K+1 outcomes, with 0*log 0 = 0:
+    forward_kl: sum_j P_j log(P_j/Q_j)
+    reverse_kl: sum_j Q_j log(Q_j/P_j)   (T = 1 only; kd refuses reverse_kl with a cache at T != 1)
+    jsd(beta):  beta*KL(P||M) + (1-beta)*KL(Q||M), M = beta*P + (1-beta)*Q
+kl = forward KL(P||Q) of the same coarse-grained P, Q (whatever D is); ce = -log softmax(s)_label
+(T = 1, full vocabulary); over the N scored positions (labels != -100):
+    loss = alpha*T^2*mean(D) + (1-alpha)*mean(CE),   gradient = d loss / d s (zero unscored rows)
+
+Tensors: teacher, student (F32 [ROWS, VOCAB]), labels (I64 [ROWS]); per K in KS the cache
+"K<k>.ids" (I32 [ROWS, K]), ".logits" (F32 [ROWS, K]), ".lse", ".tail" (F32 [ROWS]); per case
+"K<k>.<loss>[_<beta>].T<T>": .loss, .divergence (mean D), .kl (mean forward KL), .ce (mean CE)
+(F64 [1]) and .gradient (F64 [ROWS, VOCAB]).
+
+Checks (the script fails if one does not hold):
+ 1. K = V equals make_divergence_fixtures.case (the dense definition) within 1e-9 relative when the
+    reference is fed the unrounded float64 lse; with the stored f32 lse, T = 1 agrees within the
+    bound the rounding of lse allows (see check_dense).
+ 2. T = 1: per row, the coarse-grained forward KL is <= the full KL(p||q) (data processing).
+ 3. Every stored value is finite, except tail = -inf for K = V.
+
+    python3 Scripts/make_cached_divergence_fixtures.py
+"""
+import os
+import sys
+
+import torch
+from safetensors.torch import load_file, save_file
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from make_divergence_fixtures import ALPHA, BETAS, ROOT, ROWS, TEMPERATURES, VOCAB, case, divergence, kl  # noqa: E402
+
+KS = [1, 7, VOCAB]
+
+
+def inputs():
+    """make_divergence_fixtures.main's teacher, student and labels (same generator, same order)."""
+    generator = torch.Generator().manual_seed(7)
+    # f32 values, held in float64 for the reference.
+    teacher = (torch.randn(ROWS, VOCAB, generator=generator) * 3).float().double()
+    student = (torch.randn(ROWS, VOCAB, generator=generator) * 3).float().double()
+    labels = torch.randint(0, VOCAB, (ROWS,), generator=generator)
+    labels[1] = -100
+    labels[4] = -100
+    labels[6] = VOCAB - 1
+    return teacher, student, labels
+
+
+def tail_mask(ids):
+    """True at the ids NOT in the cache, per row."""
+    mask = torch.ones(ids.shape[0], VOCAB, dtype=torch.bool)
+    return mask.scatter(-1, ids.long(), False)
+
+
+def make_cache(teacher, k):
+    """The stored cache (f32 / i32 tensors) and the unrounded float64 lse."""
+    # A stable descending sort keeps equal logits in id order: ties go to the smaller id.
+    ids = torch.sort(teacher, dim=-1, descending=True, stable=True).indices[:, :k]
+    logits = teacher.gather(-1, ids)
+    lse = torch.logsumexp(teacher, dim=-1)
+    tail_terms = torch.where(tail_mask(ids), (teacher - lse[:, None]).exp(), torch.zeros_like(teacher))
+    tail = tail_terms.sum(-1).log()  # log 0 = -inf when K = V
+    cache = dict(ids=ids.to(torch.int32), logits=logits.float(), lse=lse.float(), tail=tail.float())
+    return cache, lse
+
+
+def cached_case(cache, student, labels, name, beta, temperature, lse=None):
+    """The reference from the stored cache; lse (float64) replaces the stored lse for check 1."""
+    ids = cache["ids"].long()
+    logits = cache["logits"].double()
+    lse = cache["lse"].double() if lse is None else lse
+    tail = cache["tail"].double()
+    dense = ids.shape[1] == VOCAB
+    if temperature == 1:
+        log_p_k = logits - lse[:, None]
+        log_p_rest = tail
+    else:
+        log_p_k = torch.log_softmax(logits / temperature, dim=-1)
+        log_p_rest = torch.full_like(tail, -torch.inf)
+
+    s = student.clone().requires_grad_(True)
+    scored = labels != -100
+    n = scored.sum()
+    log_q = torch.log_softmax(s / temperature, dim=-1)
+    q = log_q.exp()
+    log_q_k = log_q.gather(-1, ids)
+    q_rest = torch.where(tail_mask(ids), q, torch.zeros_like(q)).sum(-1)
+    if dense:
+        log_p, log_q_coarse = log_p_k, log_q_k
+    else:
+        log_p = torch.cat([log_p_k, log_p_rest[:, None]], dim=-1)
+        log_q_coarse = torch.cat([log_q_k, q_rest.log()[:, None]], dim=-1)
+
+    d = divergence(name, beta, log_p, log_q_coarse)[scored].sum() / n
+    forward_rows = kl(log_p, log_q_coarse)
+    forward = forward_rows[scored].sum() / n
+    ce = torch.nn.functional.cross_entropy(s[scored], labels[scored], reduction="sum") / n
+    loss = ALPHA * temperature**2 * d + (1 - ALPHA) * ce
+    loss.backward()
+    values = dict(loss=loss.detach(), divergence=d.detach(), kl=forward.detach(), ce=ce.detach(), gradient=s.grad)
+    return values, forward_rows.detach()
+
+
+def relative(a, b):
+    """max |a - b| / max |b| over a field."""
+    return ((a - b).abs().max() / b.abs().max()).item()
+
+
+def check_dense(key, exact, stored, dense, delta):
+    """Check 1 for one K = V case.
+
+    exact (unrounded lse) must equal the dense definition within 1e-9 relative: the two differ only
+    by float64 rounding in a different order of operations.
+
+    stored (f32 lse, T = 1) scales every P_k by exp(d), d = lse64 - lse32 of its row, so
+    |d| <= half an f32 ulp of lse. To first order in d the fields move by at most |d|*(1 + D_row)
+    (forward KL: d*(1 + KL); reverse KL: -d; jsd: beta*d*KL(P||M)), the mean CE not at all, and a
+    gradient entry by at most alpha*|d|*P_v/N <= |d|. Allowing twice that for the second order:
+    |stored - dense| <= 2*max|d|*(1 + |dense|), entry by entry.
+    """
+    worst_exact = max(relative(exact[f], dense[f]) for f in dense)
+    assert worst_exact <= 1e-9, f"{key}: cached (unrounded lse) vs dense differ by {worst_exact:.1e} relative"
+    bound = 2 * delta * (1 + max(dense[f].abs().max().item() for f in dense))
+    worst_stored = max((stored[f] - dense[f]).abs().max().item() for f in dense)
+    assert worst_stored <= bound, f"{key}: cached (f32 lse) vs dense differ by {worst_stored:.1e} > {bound:.1e}"
+    return worst_exact, worst_stored, bound
+
+
+def main():
+    teacher, student, labels = inputs()
+    existing = os.path.join(ROOT, "expected.safetensors")
+    if os.path.exists(existing):
+        previous = load_file(existing)
+        assert torch.equal(previous["teacher"], teacher.float()) and torch.equal(previous["student"], student.float()) \
+            and torch.equal(previous["labels"], labels), "inputs differ from expected.safetensors"
+        print("teacher, student, labels: identical to expected.safetensors")
+    tensors = {"teacher": teacher.float(), "student": student.float(), "labels": labels.to(torch.int64)}
+    full_kl = kl(torch.log_softmax(teacher, dim=-1), torch.log_softmax(student, dim=-1))
+    scored = labels != -100
+    cases = [(name, None, t) for name in ("forward_kl",) for t in TEMPERATURES] + [("reverse_kl", None, 1.0)] \
+        + [("jsd", b, t) for b in BETAS for t in TEMPERATURES]
+
+    for k in KS:
+        cache, lse64 = make_cache(teacher, k)
+        ids = cache["ids"].long()
+        rows_logits = teacher.gather(-1, ids)
+        assert all((rows_logits[r, i] > rows_logits[r, i + 1]) or
+                   (rows_logits[r, i] == rows_logits[r, i + 1] and ids[r, i] < ids[r, i + 1])
+                   for r in range(ROWS) for i in range(k - 1)), f"K{k}: ids not in (-logit, id) order"
+        for field, value in cache.items():
+            tensors[f"K{k}.{field}"] = value.contiguous()
+        mass = (cache["logits"].double() - cache["lse"].double()[:, None]).exp().sum(-1) + cache["tail"].double().exp()
+        print(f"K{k}: stored teacher mass at T=1 is 1 within {(mass - 1).abs().max().item():.1e}")
+        delta = (lse64 - cache["lse"].double()).abs().max().item()
+
+        for name, beta, temperature in cases:
+            key = f"K{k}.{name}{'' if beta is None else f'_{beta}'}.T{temperature:g}"
+            values, forward_rows = cached_case(cache, student, labels, name, beta, temperature)
+            for field, value in values.items():
+                assert torch.isfinite(value).all(), f"{key}.{field}: not finite"  # check 3
+                tensors[f"{key}.{field}"] = value.reshape(-1 if field != "gradient" else value.shape).to(torch.float64).contiguous()
+
+            if name == "forward_kl" and temperature == 1:  # check 2 (kl is the same whatever D is)
+                # The stored f32 lse scales P by exp(d) as in check_dense: allow 2*max|d|*(1 + KL_row).
+                slack = 2 * delta * (1 + full_kl)
+                excess = (forward_rows - full_kl)[scored]
+                assert (excess <= slack[scored]).all(), f"{key}: coarse KL exceeds the full KL by {excess.max().item():.1e}"
+                exact_rows = cached_case(cache, student, labels, name, beta, temperature, lse=lse64)[1]
+                exact_excess = (exact_rows - full_kl)[scored].max().item()
+                assert exact_excess <= 1e-12, f"{key}: coarse KL (unrounded lse) exceeds the full KL by {exact_excess:.1e}"
+                print(f"K{k} T=1: coarse KL <= full KL on every scored row; max (coarse - full) "
+                      f"{exact_excess:+.1e} (unrounded lse), {excess.max().item():+.1e} (stored lse, "
+                      f"slack {slack[scored].max().item():.1e})")
+
+            if k == VOCAB:  # check 1
+                dense = case(teacher, student, labels, name, beta, temperature)
+                exact = cached_case(cache, student, labels, name, beta, temperature, lse=lse64)[0]
+                worst_exact, worst_stored, bound = check_dense(key, exact, values, dense, delta)
+                print(f"{key}: = dense within {worst_exact:.1e} relative (unrounded lse); "
+                      f"{worst_stored:.1e} absolute with the stored lse (bound {bound:.1e})")
+
+    for key, value in tensors.items():  # check 3
+        if key == f"K{VOCAB}.tail":
+            assert torch.isneginf(value).all(), f"{key}: not -inf"
+        elif value.is_floating_point():
+            assert torch.isfinite(value).all(), f"{key}: not finite"
+    print(f"every value finite (K{VOCAB}.tail = -inf by definition)")
+    os.makedirs(ROOT, exist_ok=True)
+    save_file(tensors, os.path.join(ROOT, "cached.safetensors"))
+    print(f"wrote {len(tensors)} tensors to {os.path.relpath(ROOT)}/cached.safetensors")
+
+
+if __name__ == "__main__":
+    main()
