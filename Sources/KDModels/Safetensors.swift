@@ -160,6 +160,22 @@ public final class SafetensorsFile: @unchecked Sendable {
         return tensor
     }
 
+    /// Calls `body` with the mapped bytes of a tensor of this file (no copy).
+    public func withBytes<R>(of info: TensorInfo, _ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
+        try body(UnsafeRawBufferPointer(start: file.base + info.byteRange.lowerBound, count: info.byteRange.count))
+    }
+
+    /// Up to `count` bytes from the start, the middle and the end of the file: a cheap sample of
+    /// its contents for a fingerprint.
+    public func sample(bytes count: Int) -> Data {
+        var data = Data()
+        for start in [0, file.size / 2, file.size - count] {
+            let from = Swift.max(0, Swift.min(start, file.size))
+            data.append(Data(bytes: file.base + from, count: Swift.min(count, file.size - from)))
+        }
+        return data
+    }
+
     /// The raw bytes of a tensor of any dtype (for integer tensors such as an attention mask).
     public func bytes(_ name: String) throws -> Data {
         guard let info = tensors[name] else { throw KDError("\(path): no tensor '\(name)'") }

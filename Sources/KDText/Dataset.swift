@@ -243,9 +243,12 @@ public struct PaddedBatch: Sendable {
     public let inputIDs: [Int]
     public let labels: [Int]
     public let attentionMask: [UInt8]
+    /// The JSONL line of each example.
+    public let lines: [Int]
 
     public init(_ examples: [Example], padID: Int) {
         batchSize = examples.count
+        lines = examples.map(\.line)
         length = examples.map(\.inputIDs.count).max() ?? 0
         var ids = [Int](repeating: padID, count: batchSize * length)
         var labels = [Int](repeating: Example.ignored, count: batchSize * length)

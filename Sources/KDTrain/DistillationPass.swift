@@ -37,46 +37,36 @@ public struct ComputeBudget: Sendable {
 /// `run.concurrency`: whether teacher and student compute at the same time.
 public enum Concurrency: String, CaseIterable, Sendable { case auto, on, off }
 
-/// The teacher's side of a batch: its forward pass, then its logits for the scored positions,
-/// chunk by chunk, moved with `to()` onto the student's loss device. With a concurrent budget it
-/// runs on its own thread, one chunk ahead of the student, and starts while the student is
-/// still finishing the previous batch.
+/// The teacher's side of a batch, chunk by chunk: for a live teacher its forward pass, then its
+/// logits for the scored positions, moved with `to()` onto the student's loss device (with a
+/// concurrent budget on its own thread, one chunk ahead of the student, starting while the student
+/// is still finishing the previous batch); for a cached teacher the batch's rows of the cache.
 public final class TeacherStream: @unchecked Sendable {
     private let condition = NSCondition()
     private var ready: [Result<Chunk, Error>] = []
     private var cancelled = false
     private var produced = 0
-    private let chunkCount: Int
+    private let concurrent: Bool
     private let produce: (Int) throws -> Chunk
 
-    /// A chunk of teacher logits on the target device, with the seconds the teacher spent on it
-    /// and the bytes it moved between devices for it (its forward's share with the first chunk).
+    /// A chunk of the teacher's side, with the seconds the teacher spent on it and the bytes it
+    /// moved between devices for it (its forward's share with the first chunk).
     struct Chunk {
-        let logits: Tensor
+        enum Targets {
+            /// Logits [rows, teacher vocab] on the student's loss device.
+            case logits(Tensor)
+            /// The cache's top-K rows.
+            case topK(TopKRows)
+        }
+        let targets: Targets
         let seconds: Double
         let movedBytes: Int
     }
 
-    init(teacher: CausalLM, tokens: TokenBatch, rows: [Int], chunkTokens: Int, target: Device, concurrent: Bool) {
-        let chunks = stride(from: 0, to: rows.count, by: chunkTokens).map { $0..<min(rows.count, $0 + chunkTokens) }
-        chunkCount = chunks.count
-        var hidden: Tensor?
-        produce = { index in
-            let start = ContinuousClock.now
-            let movedBefore = teacher.movedBytes
-            if hidden == nil { hidden = try teacher.hiddenStates(tokens) }
-            let range = chunks[index]
-            let logits = try teacher.lastDevice.run {
-                let rowsOfChunk = try gather(hidden!, rows: rows[range])
-                let logits = try Tensor(uninitializedShape: [range.count, teacher.spec.vocabSize], on: teacher.lastDevice)
-                try teacher.project(rowsOfChunk.data, rows: range.count, into: logits.data)
-                return logits
-            }
-            let moved = try logits.to(target)
-            return Chunk(logits: moved, seconds: (ContinuousClock.now - start).seconds,
-                         movedBytes: teacher.movedBytes - movedBefore + (target === logits.device ? 0 : logits.byteCount))
-        }
-        if concurrent && chunkCount > 0 {
+    private init(chunkCount: Int, concurrent: Bool, produce: @escaping (Int) throws -> Chunk) {
+        self.concurrent = concurrent && chunkCount > 0
+        self.produce = produce
+        if self.concurrent {
             DispatchQueue.global().async { [self] in
                 for index in 0..<chunkCount {
                     condition.lock()
@@ -95,8 +85,50 @@ public final class TeacherStream: @unchecked Sendable {
         }
     }
 
+    static func ranges(_ rows: Int, _ chunkTokens: Int) -> [Range<Int>] {
+        stride(from: 0, to: rows, by: chunkTokens).map { $0..<min(rows, $0 + chunkTokens) }
+    }
+
+    /// A live teacher's forward over `tokens` and its logits at `rows`, delivered to `target`.
+    static func live(teacher: CausalLM, tokens: TokenBatch, rows: [Int], chunkTokens: Int, target: Device,
+                     concurrent: Bool) -> TeacherStream {
+        let chunks = ranges(rows.count, chunkTokens)
+        var hidden: Tensor?
+        return TeacherStream(chunkCount: chunks.count, concurrent: concurrent) { index in
+            let start = ContinuousClock.now
+            let movedBefore = teacher.movedBytes
+            if hidden == nil { hidden = try teacher.hiddenStates(tokens) }
+            let range = chunks[index]
+            let logits = try teacher.lastDevice.run {
+                let rowsOfChunk = try gather(hidden!, rows: rows[range])
+                let logits = try Tensor(uninitializedShape: [range.count, teacher.spec.vocabSize], on: teacher.lastDevice)
+                try teacher.project(rowsOfChunk.data, rows: range.count, into: logits.data)
+                return logits
+            }
+            let moved = try logits.to(target)
+            return Chunk(targets: .logits(moved), seconds: (ContinuousClock.now - start).seconds,
+                         movedBytes: teacher.movedBytes - movedBefore + (target === logits.device ? 0 : logits.byteCount))
+        }
+    }
+
+    /// The cached rows of the examples at `lines` of `split`, `rowCount` of them.
+    static func cached(_ cache: TeacherCache, split: String, lines: [Int], rowCount: Int, chunkTokens: Int) -> TeacherStream {
+        let chunks = ranges(rowCount, chunkTokens)
+        var all: TopKRows?
+        return TeacherStream(chunkCount: chunks.count, concurrent: false) { index in
+            let start = ContinuousClock.now
+            if all == nil {
+                all = try cache.rows(split: split, lines: lines)
+                guard all!.count == rowCount else {
+                    throw KDError("data.teacher_cache \(cache.directory): \(all!.count) cached rows for a batch that scores \(rowCount)")
+                }
+            }
+            return Chunk(targets: .topK(all!.rows(chunks[index])), seconds: (ContinuousClock.now - start).seconds, movedBytes: 0)
+        }
+    }
+
     /// The next chunk.
-    func next(concurrent: Bool) throws -> Chunk {
+    func next() throws -> Chunk {
         if !concurrent {
             defer { produced += 1 }
             return try produce(produced)
@@ -118,15 +150,23 @@ public final class TeacherStream: @unchecked Sendable {
     }
 }
 
+/// Where a pass's teacher side comes from: the teacher model, run live, or a split of an offline
+/// cache of its top-K logits.
+public enum TeacherSource {
+    case live(CausalLM)
+    case cached(TeacherCache, split: String)
+}
+
 /// One teacher-and-student pass over a batch: both forwards (concurrently when cores allow), the
 /// fused chunked loss over the scored positions, and, in training, the student's backward.
 ///
 /// Only scored positions (those whose next label is not -100) get logits. For each chunk of them
-/// the teacher's logits are computed on its last device and moved with `to()` to the student's
+/// the teacher's logits (or, from a cache, its top-K rows: `DistillationLoss.cachedChunk`) are
+/// computed on its last device and moved with `to()` to the student's
 /// last device, where the student's logits, the loss and d(logits) are formed and d(hidden) is
 /// accumulated through the output projection. Memory for the loss is O(chunk × vocab).
 public struct DistillationPass {
-    public let teacher: CausalLM
+    public let teacher: TeacherSource
     public let student: CausalLM
     public let alpha: Float
     public let temperature: Float
@@ -143,7 +183,7 @@ public struct DistillationPass {
         public var transferBytes = 0
     }
 
-    public init(teacher: CausalLM, student: CausalLM, alpha: Float, temperature: Float,
+    public init(teacher: TeacherSource, student: CausalLM, alpha: Float, temperature: Float,
                 divergence: DistillationLoss.Divergence = .forwardKL, chunkTokens: Int, vocab: Int, budget: ComputeBudget) {
         self.teacher = teacher
         self.student = student
@@ -178,8 +218,21 @@ public struct DistillationPass {
 
     /// Starts the teacher's side of `batch` (on another thread when the budget is concurrent).
     public func startTeacher(_ batch: PaddedBatch) -> TeacherStream {
-        TeacherStream(teacher: teacher, tokens: DistillationPass.tokens(batch), rows: DistillationPass.scoredPositions(batch).rows,
-                      chunkTokens: chunkTokens, target: student.lastDevice, concurrent: budget.concurrent)
+        let rows = DistillationPass.scoredPositions(batch).rows
+        switch teacher {
+        case .live(let model):
+            return .live(teacher: model, tokens: DistillationPass.tokens(batch), rows: rows, chunkTokens: chunkTokens,
+                         target: student.lastDevice, concurrent: budget.concurrent)
+        case .cached(let cache, let split):
+            return .cached(cache, split: split, lines: batch.lines, rowCount: rows.count, chunkTokens: chunkTokens)
+        }
+    }
+
+    /// This pass with its cached teacher reading `split` (a live teacher is unchanged).
+    public func reading(split: String) -> DistillationPass {
+        guard case .cached(let cache, _) = teacher else { return self }
+        return DistillationPass(teacher: .cached(cache, split: split), student: student, alpha: alpha, temperature: temperature,
+                                divergence: divergence, chunkTokens: chunkTokens, vocab: vocab, budget: budget)
     }
 
     /// Runs the pass. With `gradientScale` (1/N of the optimizer step), the student is trained:
@@ -219,15 +272,23 @@ public struct DistillationPass {
                 return logits
             }
             result.studentSeconds += (ContinuousClock.now - chunkStart).seconds
-            let teacherChunk = try stream.next(concurrent: budget.concurrent)
+            let teacherChunk = try stream.next()
             result.teacherSeconds += teacherChunk.seconds
             result.transferBytes += teacherChunk.movedBytes
             if range.upperBound == rows.count { teacherDone() }
             chunkStart = ContinuousClock.now
             let totals = try studentDevice.run { [budget] in
-                let totals = DistillationLoss.chunk(
-                    teacher: teacherChunk.logits.data, teacherStride: teacherChunk.logits.shape[1], student: logits.data,
-                    labels: Array(labels[range]), settings: settings, gradient: training, threads: budget.blasThreads)
+                let totals: DistillationLoss.Totals
+                switch teacherChunk.targets {
+                case .logits(let teacherLogits):
+                    totals = DistillationLoss.chunk(
+                        teacher: teacherLogits.data, teacherStride: teacherLogits.shape[1], student: logits.data,
+                        labels: Array(labels[range]), settings: settings, gradient: training, threads: budget.blasThreads)
+                case .topK(let targets):
+                    totals = DistillationLoss.cachedChunk(
+                        targets: targets, student: logits.data, labels: Array(labels[range]), settings: settings,
+                        gradient: training, threads: budget.blasThreads)
+                }
                 if let dHidden {
                     // d(hidden rows) = d(logits)·W_head, scattered back to their positions.
                     let dRows = try Tensor(uninitializedShape: [range.count, hiddenSize], on: studentDevice)

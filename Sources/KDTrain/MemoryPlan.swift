@@ -120,12 +120,16 @@ public struct MemoryPlan: Sendable {
 
     public init(config: RunConfig) throws {
         try config.requireModelPaths()
-        let teacherSpec = try MemoryPlan.spec(at: config.teacher.path)
+        // With a teacher cache the teacher is not loaded: its shape comes from the cache, and only
+        // the student is placed.
+        let cached = try config.data.teacherCache.map { try TeacherCache.manifestAndSpec(directory: $0) }
+        let teacherSpec = try cached?.spec ?? MemoryPlan.spec(at: config.teacher.path)
         let studentSpec = try MemoryPlan.spec(at: config.student.path)
-        let teacherDTypes = try MemoryPlan.dtypes(at: config.teacher.path, spec: teacherSpec, setting: config.teacher.dtype)
+        let teacherDTypes = cached != nil ? (stored: { _ in "F32" }, held: { _ in DType.f32 }, shapes: [:])
+            : try MemoryPlan.dtypes(at: config.teacher.path, spec: teacherSpec, setting: config.teacher.dtype)
         let studentDTypes = try MemoryPlan.dtypes(at: config.student.path, spec: studentSpec, setting: config.student.dtype)
         teacher = ModelPlan(
-            role: "teacher", path: config.teacher.path, spec: teacherSpec, devices: config.teacher.devices,
+            role: "teacher", path: cached?.manifest.teacherPath ?? config.teacher.path, spec: teacherSpec, devices: config.teacher.devices,
             placement: Placement(spec: teacherSpec, deviceCount: config.teacher.devices.count,
                                  elementSize: { teacherDTypes.held($0).size }),
             loraParameters: 0)
@@ -141,7 +145,7 @@ public struct MemoryPlan: Sendable {
         let tokens = Double(config.train.batchSize) * Double(config.data.maxSeqLen)
         let f32 = Double(MemoryLayout<Float>.stride)
         let concurrent = ComputeBudget(config).concurrent
-        for model in [teacher, student] {
+        for model in cached == nil ? [teacher, student] : [student] {
             let spec = model.spec
             let training = model.role == "student"
             let (dtypeOf, held, shapes) = training ? studentDTypes : teacherDTypes
@@ -198,7 +202,7 @@ public struct MemoryPlan: Sendable {
                     // The loss: the student's logits of a chunk and the teacher's (two of them, in use and
                     // arriving, when the teacher runs concurrently), its rows and their gradient, beside
                     // the hidden states, the final norm's input and d(hidden).
-                    let logitChunks = concurrent ? 3.0 : 2.0
+                    let logitChunks = cached != nil ? 1.0 : concurrent ? 3.0 : 2.0
                     let loss = tokens * (saved + 3 * hidden) + chunk * (logitChunks * vocab + 2 * hidden)
                     return Swift.max(backward, loss)
                 }

@@ -55,6 +55,7 @@ public struct RunConfig: Equatable, Sendable {
         public var onBadRecord = BadRecordPolicy.error
         public var tokenizer: String? = nil
         public var enableThinking = false
+        public var teacherCache: String? = nil
     }
 
     public struct Train: Equatable, Sendable {
@@ -262,6 +263,8 @@ extension RunConfig {
         field("data.on_bad_record", \.data.onBadRecord, "error (stop with file:line) or skip (count and go on)."),
         field("data.tokenizer", \.data.tokenizer, "Directory with tokenizer.json; null = the student's directory."),
         field("data.enable_thinking", \.data.enableThinking, "Render chat turns with Qwen3 thinking enabled."),
+        field("data.teacher_cache", \.data.teacherCache,
+              "A kd teacher-cache directory: train on the teacher's cached top-K logits instead of running it (teacher.path may then be absent); null = the live teacher."),
         field("train.max_steps", \.train.maxSteps, "Optimizer steps to run."),
         field("train.batch_size", \.train.batchSize, "Records per micro-batch."),
         field("train.grad_accum_steps", \.train.gradAccumSteps, "Micro-batches per optimizer step."),
@@ -411,6 +414,10 @@ extension RunConfig {
         try range(distill.temperature, "distill.temperature", 1e-3...1e3)
         try require(distill.jsdBeta > 0 && distill.jsdBeta < 1, "distill.jsd_beta", "(\(distill.jsdBeta)) must be in (0, 1)")
         try range(distill.chunkTokens, "distill.chunk_tokens", 1...Limits.tokens)
+        if data.teacherCache != nil && distill.loss == .reverseKL && distill.temperature != 1 {
+            throw KDError("\(file): distill.loss reverse_kl with data.teacher_cache needs distill.temperature 1: at other "
+                + "temperatures the cache holds no teacher probability outside its top-K ids, and KL(q||p) is infinite there")
+        }
         try range(data.maxSeqLen, "data.max_seq_len", 2...Limits.sequence)
         try range(train.maxSteps, "train.max_steps", 0...Limits.steps)
         try range(train.batchSize, "train.batch_size", 1...Limits.batch)
@@ -443,7 +450,7 @@ extension RunConfig {
 
     /// Fails when a required path is not set.
     public func requireModelPaths() throws {
-        if teacher.path.isEmpty { throw KDError("teacher.path is required (the teacher model directory)") }
+        if teacher.path.isEmpty && data.teacherCache == nil { throw KDError("teacher.path is required (the teacher model directory)") }
         if student.path.isEmpty { throw KDError("student.path is required (the student model directory)") }
     }
 

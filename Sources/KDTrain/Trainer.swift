@@ -45,7 +45,10 @@ public struct StepMetrics: Sendable {
 public struct RunModels {
     public let budget: ComputeBudget
     public let devices: DeviceGroup
-    public let teacher: CausalLM
+    /// The teacher's logits: the model, or the cache of `data.teacher_cache` (then no teacher is loaded).
+    public let teacher: TeacherSource
+    /// The teacher's shape (from its config.json, or the cache's manifest).
+    public let teacherSpec: ModelSpec
     public let student: CausalLM
     public let tokenizer: Tokenizer?
     public let vocab: Int
@@ -53,8 +56,10 @@ public struct RunModels {
     /// Notes for the user (a shared vocabulary range).
     public let notes: [String]
 
-    /// Checks the plan and the vocabularies before any weight is read, then loads both models.
-    public static func load(_ config: RunConfig, onLoad: (String) -> Void = { _ in }) throws -> RunModels {
+    /// Checks the plan and the vocabularies before any weight is read, then loads both models (the
+    /// student alone with `cache`, `data.teacher_cache` opened, which must match the teacher and
+    /// vocabulary).
+    public static func load(_ config: RunConfig, cache: TeacherCache? = nil, onLoad: (String) -> Void = { _ in }) throws -> RunModels {
         try config.requireModelPaths()
         let budget = ComputeBudget(config)
         BLAS.threads = budget.threads
@@ -71,16 +76,24 @@ public struct RunModels {
         let vocab = try sharedVocabulary(teacher: plan.teacher.spec, student: plan.student.spec, tokenizer: tokenizer,
                                          notes: &notes)
         let devices = try DeviceGroup.make(count: config.deviceCount, capacity: config.devices.memoryPerDevice?.bytes)
+        if let cache {
+            // The teacher when it is at hand: the cache must have been made from it.
+            var isDirectory: ObjCBool = false
+            let fingerprint = !config.teacher.path.isEmpty && FileManager.default.fileExists(atPath: config.teacher.path, isDirectory: &isDirectory)
+                && isDirectory.boolValue ? try TeacherCache.fingerprint(ofModel: config.teacher.path, dtype: config.teacher.dtype) : nil
+            try cache.checkTeacher(vocab: vocab, fingerprint: fingerprint)
+        }
         let start = ContinuousClock.now
-        let teacher = try CausalLM.load(try Checkpoint(directory: config.teacher.path),
-                                        on: try DeviceGroup(config.teacher.devices.map { devices.devices[$0] }),
-                                        dtype: config.teacher.dtype)
+        let teacher: TeacherSource = try cache.map { .cached($0, split: "train") } ?? .live(
+            try CausalLM.load(try Checkpoint(directory: config.teacher.path),
+                              on: try DeviceGroup(config.teacher.devices.map { devices.devices[$0] }), dtype: config.teacher.dtype))
         let student = try CausalLM.load(try Checkpoint(directory: config.student.path),
                                         on: try DeviceGroup(config.student.devices.map { devices.devices[$0] }),
                                         dtype: config.student.dtype)
-        onLoad(String(format: "loaded teacher and student in %.1f s", (ContinuousClock.now - start).seconds))
-        return RunModels(budget: budget, devices: devices, teacher: teacher, student: student, tokenizer: tokenizer,
-                         vocab: vocab, padID: tokenizer?.padID ?? 0, notes: notes)
+        onLoad(String(format: cache == nil ? "loaded teacher and student in %.1f s" : "loaded the student in %.1f s (teacher: %@)",
+                      (ContinuousClock.now - start).seconds, cache?.directory ?? ""))
+        return RunModels(budget: budget, devices: devices, teacher: teacher, teacherSpec: plan.teacher.spec, student: student,
+                         tokenizer: tokenizer, vocab: vocab, padID: tokenizer?.padID ?? 0, notes: notes)
     }
 
     /// The vocabulary the loss uses: equal sizes, or sizes differing only in embedding padding
@@ -127,7 +140,6 @@ public final class Trainer {
 
     public var budget: ComputeBudget { models.budget }
     public var devices: DeviceGroup { models.devices }
-    public var teacher: CausalLM { models.teacher }
     public var student: CausalLM { models.student }
     public var padID: Int { models.padID }
 
@@ -137,7 +149,9 @@ public final class Trainer {
         self.config = config
         dataset = try config.loadDataset(config.data.train, key: "data.train")
         try config.checkVocabulary(dataset)
-        let models = try RunModels.load(config, onLoad: onLoad)
+        let cache = try config.data.teacherCache.map { try TeacherCache(directory: $0) }
+        try cache?.checkData(split: "train", dataset: dataset, key: "data.train")
+        let models = try RunModels.load(config, cache: cache, onLoad: onLoad)
         self.models = models
         let student = models.student
         if config.lora.initMethod == .pissa && config.lora.initFrom != nil {
@@ -289,7 +303,7 @@ public final class Trainer {
 
     var shapes: [String: String] {
         var shapes: [String: String] = [:]
-        for (role, spec) in [("teacher", teacher.spec), ("student", student.spec)] {
+        for (role, spec) in [("teacher", models.teacherSpec), ("student", student.spec)] {
             shapes["\(role).model_type"] = spec.modelType
             shapes["\(role).hidden_size"] = "\(spec.hiddenSize)"
             shapes["\(role).num_hidden_layers"] = "\(spec.numLayers)"

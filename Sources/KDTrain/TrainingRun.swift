@@ -53,6 +53,10 @@ public final class TrainingRun {
         }
         evalDataset = try config.data.eval.map { try config.loadDataset($0, key: "data.eval") }
         if let evalDataset { try config.checkVocabulary(evalDataset) }
+        if let evalDataset, let cache = config.data.teacherCache {
+            try TeacherCache.manifestAndSpec(directory: cache).manifest.checkData(
+                split: "eval", dataset: evalDataset, key: "data.eval", directory: cache)
+        }
         trainer = try Trainer(config: config, resumeFrom: from, onLoad: onNote)
         resumedFrom = from
         for note in trainer.notes { onNote(note) }
@@ -158,7 +162,7 @@ public final class TrainingRun {
     public func evaluate() throws -> (base: HeldOutReport, distilled: HeldOutReport)? {
         guard let evalDataset else { return nil }
         let (base, distilled) = try Evaluation.baseAndAdapted(
-            trainer.pass, dataset: evalDataset, batchSize: trainer.config.train.batchSize, padID: trainer.padID)
+            trainer.pass.reading(split: "eval"), dataset: evalDataset, batchSize: trainer.config.train.batchSize, padID: trainer.padID)
         try writeJSON(["step": trainer.step, "data": evalDataset.path, "base": base.json, "distilled": distilled.json],
                       to: (outputDir as NSString).appendingPathComponent("eval.json"))
         return (base, distilled)
