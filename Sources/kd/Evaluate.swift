@@ -78,8 +78,10 @@ struct Evaluate: KDCommand {
 
     func execute() throws {
         let held = try dtype.map { try WeightDType(parsing: $0, what: "--dtype").rawValue }
-        let run = try RunConfig.load(
+        var run = try RunConfig.load(
             path: config, overrides: overrides + (held.map { ["teacher.dtype=\($0)", "student.dtype=\($0)"] } ?? []))
+        // Held-out figures are against the live teacher, also for a run trained from a cache.
+        run.data.teacherCache = nil
         let adapterDirectory = adapter ?? (run.run.outputDir as NSString).appendingPathComponent("final_model")
         guard let dataPath = data ?? run.data.eval else { throw KDError("give --data or set data.eval") }
         let dataset = try run.loadDataset(dataPath, key: "data.eval")

@@ -8,7 +8,7 @@ struct KD: ParsableCommand {
         abstract: "Knowledge distillation of Hugging Face Qwen3 models into LoRA students, on CPU.",
         version: "0.1.0",
         subcommands: [Init.self, Inspect.self, Forward.self, Plan.self, Tokenize.self, Detokenize.self, DataCommand.self,
-                      Train.self, Export.self, Generate.self, Compare.self, Evaluate.self, Plot.self, ConfigCommand.self]
+                      Train.self, TeacherCacheCommand.self, Export.self, Generate.self, Compare.self, Evaluate.self, Plot.self, ConfigCommand.self]
     )
 
     static func main() {
