@@ -22,6 +22,13 @@ grad_norm (before clipping)], `<case>.grad.<kd name>` every LoRA gradient before
 of the fixture, with the global random state restored afterwards and no draws of its own, so the
 other files do not depend on it.
 
+dense-teacher/ also holds on-policy.safetensors: step 1 alone (rows [0, 1], from adapter-init/ loaded
+afresh) with every micro-batch on-policy (kd's distill.on_policy at fraction 1), see make_on_policy.
+Like divergences.safetensors it is made after everything else of the fixture with the global random
+state restored. `--only-on-policy` rewrites that file alone from the fixture already on disk
+(teacher/, student/, adapter-init/, tokens.jsonl), for machines on which the rest does not
+regenerate byte for byte.
+
 The reference is the KD step written plainly in torch: teacher logits under no_grad, the
 student's logits through PEFT, both shifted by one, KL(p_teacher/T || q_student/T) and CE over
 the N scored positions of the step, loss = a*T^2*KL + (1-a)*CE, clip_grad_norm_, AdamW. For
@@ -29,12 +36,13 @@ divergences.safetensors KL is replaced by the divergence D of the case (see dive
 giving its gradient; kl_loss stays KL(p || q).
 
     pip install torch transformers peft safetensors
-    python3 Scripts/make_train_fixtures.py
+    python3 Scripts/make_train_fixtures.py [--only-on-policy]
 """
 import json
 import math
 import os
 import shutil
+import sys
 
 import torch
 import torch.nn.functional as F
@@ -169,6 +177,103 @@ def make_divergences(out, teacher, rows, micro):
         print(f"divergence {case}: loss {loss:.6f} divergence {d:.6f} kl {kl:.6f} ce {ce:.6f} "
               f"grad_norm {grad_norm:.6f} N {n}")
     save_file({k: v.contiguous() for k, v in expected.items()}, os.path.join(out, "divergences.safetensors"))
+    torch.set_rng_state(rng)
+
+
+# on-policy.safetensors: the continuation length and the one case (distill.loss jsd, beta 0.5, T = 2).
+ON_POLICY = dict(max_new_tokens=6, kind="jsd", beta=0.5, temperature=2.0)
+
+
+def eos_ids(student_dir):
+    """The student's stop ids: eos_token_id of config.json and generation_config.json (null, an id or a list)."""
+    ids = set()
+    for file in ["config.json", "generation_config.json"]:
+        path = os.path.join(student_dir, file)
+        if os.path.exists(path):
+            with open(path) as f:
+                eos = json.load(f).get("eos_token_id")
+            ids.update([] if eos is None else [eos] if isinstance(eos, int) else eos)
+    return ids
+
+
+def greedy(model, prompt, max_new_tokens, stop):
+    """The prompt's greedy continuation by `model` (in eval mode): each new token the first index of the
+    largest logit at the last position of a full forward of the un-padded row so far (no cache), at most
+    max_new_tokens, ending after a stop id (which is kept). Returns the new ids and, per token, the gap
+    between the largest logit and the next (how far a kd logit may be off before its argmax changes)."""
+    ids, gaps = list(prompt), []
+    with torch.no_grad():
+        for _ in range(max_new_tokens):
+            logits = model(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long)).logits[0, -1]
+            best = int((logits == logits.max()).nonzero()[0])
+            top2 = logits.topk(2).values
+            gaps.append((top2[0] - top2[1]).item())
+            ids.append(best)
+            if best in stop:
+                break
+    return ids[len(prompt):], gaps
+
+
+def make_on_policy(out, teacher, rows, micro):
+    """on-policy.safetensors: step 1 (rows [0, 1]) with every micro-batch on-policy, from adapter-init/
+    loaded afresh. Each row's prompt (its tokens before the first scored label) is continued greedily by
+    the student with the adapter (eval mode); the new rows are prompt + continuation with -100 labels
+    over the prompt, padded as pad does. The loss is a*T^2*D over the continuation's positions (jsd,
+    beta 0.5, T = 2), divided by their count N, with no cross-entropy term; kl_loss is the forward KL
+    (reported only), ce_loss 0. Keys as a case of divergences.safetensors under on-policy-jsd-b0.5-T2,
+    plus on-policy.sequences (the padded ids) and on-policy.scored ([N]). No random draws of its own
+    (PEFT's LoRA initialisation, overwritten by the loaded adapter, draws from the global generator,
+    which is restored afterwards)."""
+    rng = torch.get_rng_state()
+    kind, beta, temperature = ON_POLICY["kind"], ON_POLICY["beta"], ON_POLICY["temperature"]
+    case = "on-policy-" + divergence_case_key(kind, int(temperature), beta)
+    model = PeftModel.from_pretrained(
+        Qwen3ForCausalLM.from_pretrained(os.path.join(out, "student"), attn_implementation="eager"),
+        os.path.join(out, "adapter-init"), is_trainable=True)
+    model.eval()
+    stop = eos_ids(os.path.join(out, "student"))
+    sampled = []
+    for index, row in enumerate(rows[0:2]):
+        first = next(i for i, label in enumerate(row["labels"]) if label != -100)
+        assert first >= 1, "a prompt needs at least one token"
+        prompt = row["input_ids"][:first]
+        generated, gaps = greedy(model, prompt, ON_POLICY["max_new_tokens"], stop)
+        assert all(0 <= t < VOCAB for t in generated)
+        print(f"on-policy row {index}: prompt {prompt} -> {generated} (top-2 logit gaps "
+              f"{', '.join(f'{g:.4f}' for g in gaps)})")
+        sampled.append({"input_ids": prompt + generated, "labels": [-100] * len(prompt) + generated})
+
+    model.train()
+    params = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    magnitudes = Magnitudes(model)  # after sampling, so only the training forwards are recorded
+    batches = [pad(sampled[i:i + micro]) for i in range(0, len(sampled), micro)]
+    n = sum(int((labels[:, 1:] != -100).sum()) for _, labels, _ in batches)
+    totals = [0.0, 0.0, 0.0]
+    for ids, labels, mask in batches:
+        with torch.no_grad():
+            teacher_logits = teacher(input_ids=ids, attention_mask=mask).logits
+        student_logits = model(input_ids=ids, attention_mask=mask).logits
+        scored = labels[:, 1:] != -100
+        log_p = F.log_softmax(teacher_logits[:, :-1][scored] / temperature, dim=-1)
+        log_q = F.log_softmax(student_logits[:, :-1][scored] / temperature, dim=-1)
+        d = divergence(kind, log_p, log_q, beta).sum() / n
+        kl = divergence("forward_kl", log_p, log_q, beta).sum() / n
+        loss = SETTINGS["alpha"] * temperature ** 2 * d
+        loss.backward()
+        totals = [total + term.item() for total, term in zip(totals, [loss, d, kl])]
+    expected = {}
+    for name, p in params:
+        expected[f"{case}.grad.{kd_key(name)}"] = p.grad.detach().clone()
+    for key, magnitude in magnitudes.of(params).items():
+        expected[f"{case}.magnitude.{key}"] = magnitude
+    grad_norm = torch.nn.utils.clip_grad_norm_([p for _, p in params], SETTINGS["max_grad_norm"]).item()
+    loss, d, kl = totals
+    expected[f"{case}.metrics"] = torch.tensor([loss, d, kl, 0.0, grad_norm], dtype=torch.float64)
+    sequences = pad(sampled)[0]
+    expected["on-policy.sequences"] = sequences
+    expected["on-policy.scored"] = torch.tensor([n], dtype=torch.long)
+    print(f"{case}: loss {loss:.6f} divergence {d:.6f} kl {kl:.6f} ce 0 grad_norm {grad_norm:.6f} N {n}")
+    save_file({k: v.contiguous() for k, v in expected.items()}, os.path.join(out, "on-policy.safetensors"))
     torch.set_rng_state(rng)
 
 
@@ -349,6 +454,7 @@ def make(index, fixture):
     save_file({k: v.contiguous() for k, v in expected.items()}, os.path.join(out, "expected.safetensors"))
     if fixture["name"] == "dense-teacher":
         make_divergences(out, teacher, rows, micro)
+        make_on_policy(out, teacher, rows, micro)
 
     with open(os.path.join(out, "run.yaml"), "w") as f:
         f.write(f"""# kd settings matching the torch reference; the test supplies the paths.
@@ -364,7 +470,24 @@ checkpoint: {{every_steps: 1, keep_last: 2}}
 """)
 
 
+def only_on_policy():
+    """Rewrites dense-teacher/on-policy.safetensors alone from the fixture on disk."""
+    fixture = FIXTURES[0]
+    assert fixture["name"] == "dense-teacher"
+    out = os.path.join(ROOT, fixture["name"])
+    teacher = Qwen3ForCausalLM.from_pretrained(os.path.join(out, "teacher"), attn_implementation="eager")
+    teacher.eval()
+    with open(os.path.join(out, "tokens.jsonl")) as f:
+        rows = [json.loads(line) for line in f]
+    make_on_policy(out, teacher, rows, fixture["batch_size"])
+
+
 def main():
+    if sys.argv[1:] == ["--only-on-policy"]:
+        only_on_policy()
+        return
+    if sys.argv[1:]:
+        sys.exit(f"make_train_fixtures.py: unknown arguments {sys.argv[1:]} (only --only-on-policy)")
     torch.manual_seed(0)
     if os.path.isdir(ROOT):
         shutil.rmtree(ROOT)
