@@ -38,7 +38,7 @@ struct Compare: KDCommand {
         let tokenizer = try Tokenizer.load(directory: base)
         let model = try loadModel(try Checkpoint(directory: base), devices: devices, dtype: dtype, adapter: adapter)
         let comparison = Comparison(model: model, tokenizer: tokenizer,
-                                    stop: StopCondition.defaults(modelDirectory: base, spec: model.spec, tokenizer: tokenizer),
+                                    stop: StopCondition.defaults(modelDirectory: base, spec: model.spec, eosID: tokenizer.eosID),
                                     maxNewTokens: maxNewTokens)
         let chosen = selection.select(records.count, seed: seed).map { ($0, records[$0]) }
         var sections: [[String: Any]] = []
@@ -98,7 +98,7 @@ struct Evaluate: KDCommand {
             let sandbox = format == .humaneval ? try Sandbox.make() : nil
             if let sandbox { Console.info("HumanEval sandbox: \(sandbox.isolation)") }
             let scores = TaskScores(model: models.student, tokenizer: tokenizer,
-                                    stop: StopCondition.defaults(modelDirectory: run.student.path, spec: models.student.spec, tokenizer: tokenizer),
+                                    stop: StopCondition.defaults(modelDirectory: run.student.path, spec: models.student.spec, eosID: tokenizer.eosID),
                                     maxNewTokens: maxNewTokens, batchSize: max(1, run.train.batchSize))
             if let (a, b) = try scores.score(format, records, sandbox: sandbox) {
                 let name = format == .gsm8k ? "gsm8k_exact_match" : "humaneval_pass@1"

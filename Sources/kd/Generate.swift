@@ -49,7 +49,7 @@ struct Generate: KDCommand {
         let tokenizer = FileManager.default.fileExists(atPath: tokenizerFile) ? try Tokenizer.load(directory: model) : nil
         let ids = try source.tokens(tokenizer: tokenizer, enableThinking: enableThinking)
         let lm = try loadModel(checkpoint, devices: devices, dtype: dtype, adapter: adapter)
-        var stop = StopCondition.defaults(modelDirectory: model, spec: lm.spec, tokenizer: tokenizer)
+        var stop = StopCondition.defaults(modelDirectory: model, spec: lm.spec, eosID: tokenizer?.eosID)
         stop.strings = stops
         let sampling = Sampling(temperature: temperature, topK: topK, topP: topP, seed: seed)
         let stream = !json && Console.stdoutIsTerminal && tokenizer != nil

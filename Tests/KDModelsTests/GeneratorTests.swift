@@ -1,8 +1,7 @@
 import Foundation
 import Testing
 import KDCore
-import KDModels
-@testable import KDEval
+@testable import KDModels
 
 @Suite struct GeneratorTests {
     static let fixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent()

@@ -1,7 +1,5 @@
 import Foundation
 import KDCore
-import KDModels
-import KDText
 
 /// What ends a row's generation, besides max_new_tokens.
 public struct StopCondition: Sendable {
@@ -14,10 +12,10 @@ public struct StopCondition: Sendable {
     }
 
     /// The stop tokens of a model directory: config.json's and generation_config.json's eos ids
-    /// and the tokenizer's eos token.
-    public static func defaults(modelDirectory: String, spec: ModelSpec, tokenizer: Tokenizer?) -> StopCondition {
+    /// and the tokenizer's eos token (`eosID`).
+    public static func defaults(modelDirectory: String, spec: ModelSpec, eosID: Int?) -> StopCondition {
         var ids = Set(spec.eosTokenIDs)
-        if let eos = tokenizer?.eosID { ids.insert(eos) }
+        if let eosID { ids.insert(eosID) }
         let path = (modelDirectory as NSString).appendingPathComponent("generation_config.json")
         if let data = try? InputFile.read(path, limit: 1 << 24),
            let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any] {

@@ -1,7 +1,7 @@
 import Foundation
 import Testing
 import KDCore
-@testable import KDEval
+@testable import KDModels
 
 @Suite struct SamplingTests {
     // Probabilities at temperature 1: softmax of these logits.
