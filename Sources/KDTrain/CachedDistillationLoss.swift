@@ -179,7 +179,7 @@ extension DistillationLoss {
             if gradient {
                 let scale = settings.gradientScale
                 let klWeight = Double(settings.alpha * settings.temperature * scale)
-                let ceWeight = (1 - settings.alpha) * scale
+                let ceWeight = settings.ceShare * scale
                 // Every id as if it were in the rest; then the cached ids from their own g.
                 let restFactor = Float(klWeight * ((hasRest ? g[k] : 0) - mean) / totalB)
                 let restWeight = Vec(repeating: restFactor), ceScale = Vec(repeating: Float(Double(ceWeight) / totalC))
@@ -206,7 +206,8 @@ extension DistillationLoss {
             var totals = Totals()
             totals.kl = forward
             totals.divergence = divergence
-            totals.ce = Foundation.log(totalC) - Double(labelLogit - studentMax)
+            totals.ce = settings.crossEntropy ? Foundation.log(totalC) - Double(labelLogit - studentMax) : 0
+            totals.ceRows = settings.crossEntropy ? 1 : 0
             totals.agreements = k > 0 && Int(ids[0]) == studentTop ? 1 : 0
             totals.rows = 1
             return totals

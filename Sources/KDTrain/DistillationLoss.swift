@@ -10,7 +10,7 @@ import KDCore
 /// For student logits s and teacher logits t of one position, temperature T and label y, with
 /// p = softmax(t/T), q = softmax(s/T), N the scored tokens of the optimizer step:
 ///   CE = −log softmax(s)_y
-///   loss = α·T²·D/N + (1−α)·CE/N
+///   loss = α·T²·D/N + (1−α)·CE/N   (the CE term only off-policy: `Settings.crossEntropy`)
 ///   ∂loss/∂s_v = [α·T²·∂D/∂s_v + (1−α)·(softmax(s)_v − [v = y])] / N
 /// where D is the divergence chosen (`Divergence`), using ∂q_u/∂s_v = q_u·([u = v] − q_v)/T:
 ///
@@ -59,6 +59,8 @@ public enum DistillationLoss {
         /// Rows where the student's top-1 token equals the teacher's.
         public var agreements = 0
         public var rows = 0
+        /// Rows whose CE is in the loss (and in `ce`): all but on-policy ones.
+        public var ceRows = 0
 
         public init() {}
 
@@ -68,6 +70,7 @@ public enum DistillationLoss {
             ce += other.ce
             agreements += other.agreements
             rows += other.rows
+            ceRows += other.ceRows
         }
     }
 
@@ -80,16 +83,23 @@ public enum DistillationLoss {
         public let stride: Int
         public let vocab: Int
         public let divergence: Divergence
+        /// Whether the (1−α)·CE term is in the loss; off for tokens the student sampled itself
+        /// (on-policy), whose loss is α·T²·D/N alone.
+        public let crossEntropy: Bool
 
         public init(alpha: Float, temperature: Float, gradientScale: Float, stride: Int, vocab: Int,
-                    divergence: Divergence = .forwardKL) {
+                    divergence: Divergence = .forwardKL, crossEntropy: Bool = true) {
             self.alpha = alpha
             self.temperature = temperature
             self.gradientScale = gradientScale
             self.stride = stride
             self.vocab = vocab
             self.divergence = divergence
+            self.crossEntropy = crossEntropy
         }
+
+        /// The weight of CE in the loss: 1 − α, or 0 without the term.
+        var ceShare: Float { crossEntropy ? 1 - alpha : 0 }
     }
 
     /// Loss totals of `rows` positions; when `gradient`, the student logits are overwritten with
@@ -247,7 +257,7 @@ public enum DistillationLoss {
             // Pass 3: the gradient, in place over the student buffer.
             let g = settings.gradientScale
             let klWeight = Vec(repeating: klWeight)
-            let ceWeight = Vec(repeating: (1 - settings.alpha) * g)
+            let ceWeight = Vec(repeating: settings.ceShare * g)
             let invA = Vec(repeating: 1 / sA), invB = Vec(repeating: 1 / sB), invC = Vec(repeating: 1 / sC)
             let shift = Vec(repeating: shift)
             let forward = !reverse && !jsd
@@ -277,14 +287,15 @@ public enum DistillationLoss {
                 let lanes = gradientLanes(student, teacherScratch)
                 for i in v..<n { s[i] = lanes[i - v] }
             }
-            s[label] -= (1 - settings.alpha) * g
+            s[label] -= settings.ceShare * g
             // Logits beyond the shared vocabulary (embedding padding rows) get no gradient.
             if settings.stride > n { (s + n).update(repeating: 0, count: settings.stride - n) }
         }
         var totals = Totals()
         totals.kl = Double(kl)
         totals.divergence = Double(divergence)
-        totals.ce = Double(ce)
+        totals.ce = settings.crossEntropy ? Double(ce) : 0
+        totals.ceRows = settings.crossEntropy ? 1 : 0
         totals.agreements = teacherTop == studentTop ? 1 : 0
         totals.rows = 1
         return totals

@@ -236,10 +236,11 @@ public struct DistillationPass {
     }
 
     /// Runs the pass. With `gradientScale` (1/N of the optimizer step), the student is trained:
-    /// its adapters' gradients accumulate. `teacherStream` is the batch's teacher side if it was
+    /// its adapters' gradients accumulate. Without `crossEntropy` the loss is the divergence term
+    /// alone (on-policy batches, whose labels the student sampled). `teacherStream` is the batch's teacher side if it was
     /// started earlier; `teacherDone` runs once its last chunk has arrived, so the next batch's
     /// teacher can start while the student finishes this one.
-    public func run(_ batch: PaddedBatch, gradientScale: Float?, teacherStream: TeacherStream? = nil,
+    public func run(_ batch: PaddedBatch, gradientScale: Float?, crossEntropy: Bool = true, teacherStream: TeacherStream? = nil,
                     teacherDone: () -> Void = {}) throws -> Result {
         let training = gradientScale != nil
         if let bad = batch.labels.first(where: { $0 != Example.ignored && ($0 < 0 || $0 >= vocab) }) {
@@ -259,7 +260,7 @@ public struct DistillationPass {
         let dHidden: Tensor? = training ? try Tensor.zeros(studentHidden.shape, on: studentDevice) : nil
         let settings = DistillationLoss.Settings(
             alpha: alpha, temperature: temperature, gradientScale: gradientScale ?? 0, stride: student.spec.vocabSize,
-            vocab: vocab, divergence: divergence)
+            vocab: vocab, divergence: divergence, crossEntropy: crossEntropy)
         let hiddenSize = student.spec.hiddenSize, studentVocab = student.spec.vocabSize
         for start in stride(from: 0, to: rows.count, by: chunkTokens) {
             let range = start..<min(rows.count, start + chunkTokens)

@@ -34,6 +34,15 @@ public struct RunConfig: Equatable, Sendable {
         public var loss = DivergenceName.forwardKL
         public var jsdBeta: Double = 0.5
         public var chunkTokens = 256
+        public var onPolicy = OnPolicy()
+
+        /// On-policy distillation: the share of micro-batches whose continuations the student samples.
+        public struct OnPolicy: Equatable, Sendable {
+            public var fraction: Double = 0
+            public var maxNewTokens = 64
+            public var temperature: Double = 1
+            public var topP: Double = 1
+        }
 
         /// The loss kernel's divergence of these settings.
         public var divergence: DistillationLoss.Divergence {
@@ -254,6 +263,11 @@ extension RunConfig {
         field("distill.jsd_beta", \.distill.jsdBeta,
               "beta of jsd, in (0, 1): D = beta*KL(p||m) + (1-beta)*KL(q||m), m = beta*p + (1-beta)*q (TRL GKD's beta)."),
         field("distill.chunk_tokens", \.distill.chunkTokens, "Tokens per chunk of the fused output-projection + loss."),
+        field("distill.on_policy.fraction", \.distill.onPolicy.fraction,
+              "Probability, in [0, 1], that a micro-batch is on-policy: the student (with its current LoRA, no dropout) samples a continuation of each example's prompt and the divergence is taken over the sampled tokens only (no CE). 0 = off-policy only."),
+        field("distill.on_policy.max_new_tokens", \.distill.onPolicy.maxNewTokens, "Most tokens sampled per on-policy continuation (it also stops at an end-of-sequence token)."),
+        field("distill.on_policy.temperature", \.distill.onPolicy.temperature, "Sampling temperature of on-policy continuations (0 = greedy)."),
+        field("distill.on_policy.top_p", \.distill.onPolicy.topP, "Nucleus (top-p) of on-policy sampling, in (0, 1]."),
         field("data.train", \.data.train, "Training JSONL file."),
         field("data.eval", \.data.eval, "Held-out JSONL file for evaluation."),
         field("data.format", \.data.format, "auto, chat, prompt_response, gsm8k, humaneval or tokens."),
@@ -325,8 +339,7 @@ extension RunConfig {
                     throw KDError("\(file):\(line(body)): section '\(section)' must be a mapping of keys")
                 }
                 for (keyNode, value) in mapping {
-                    let key = "\(section).\(keyNode.string ?? "")"
-                    try set(key, value, in: &config, location: "\(file):\(line(keyNode))")
+                    try set("\(section).\(keyNode.string ?? "")", value, in: &config, file: file, line: line(keyNode))
                 }
             }
         }
@@ -341,6 +354,18 @@ extension RunConfig {
         }
         try config.validate(file: file)
         return config
+    }
+
+    /// A key's value; a mapping under a key that is a group of keys (`distill.on_policy:`) sets
+    /// each of them.
+    private static func set(_ key: String, _ node: Node, in config: inout RunConfig, file: String, line: Int) throws {
+        if fieldsByKey[key] == nil, let mapping = node.mapping, fields.contains(where: { $0.key.hasPrefix(key + ".") }) {
+            for (keyNode, value) in mapping {
+                try set("\(key).\(keyNode.string ?? "")", value, in: &config, file: file, line: self.line(keyNode))
+            }
+            return
+        }
+        try set(key, node, in: &config, location: "\(file):\(line)")
     }
 
     private static func set(_ key: String, _ node: Node, in config: inout RunConfig, location: String) throws {
@@ -414,6 +439,14 @@ extension RunConfig {
         try range(distill.temperature, "distill.temperature", 1e-3...1e3)
         try require(distill.jsdBeta > 0 && distill.jsdBeta < 1, "distill.jsd_beta", "(\(distill.jsdBeta)) must be in (0, 1)")
         try range(distill.chunkTokens, "distill.chunk_tokens", 1...Limits.tokens)
+        let onPolicy = distill.onPolicy
+        try require(onPolicy.fraction >= 0 && onPolicy.fraction <= 1, "distill.on_policy.fraction", "(\(onPolicy.fraction)) must be in [0, 1]")
+        try range(onPolicy.maxNewTokens, "distill.on_policy.max_new_tokens", 1...Limits.sequence)
+        try require(onPolicy.temperature >= 0, "distill.on_policy.temperature", "must be 0 (greedy) or positive")
+        try require(onPolicy.topP > 0 && onPolicy.topP <= 1, "distill.on_policy.top_p", "(\(onPolicy.topP)) must be in (0, 1]")
+        if onPolicy.fraction > 0 && data.teacherCache != nil {
+            throw KDError("\(file): distill.on_policy needs the live teacher to score the sampled tokens; it cannot run from data.teacher_cache")
+        }
         if data.teacherCache != nil && distill.loss == .reverseKL && distill.temperature != 1 {
             throw KDError("\(file): distill.loss reverse_kl with data.teacher_cache needs distill.temperature 1: at other "
                 + "temperatures the cache holds no teacher probability outside its top-K ids, and KL(q||p) is infinite there")

@@ -23,6 +23,9 @@ public struct StepMetrics: Sendable {
     /// Bytes copied between devices for the step's batches: the teacher's logits and both
     /// models' activations (and the student's gradients) crossing stage boundaries.
     public var transferBytes = 0
+    /// Scored tokens the student sampled itself (on-policy micro-batches), and the time it took.
+    public var onPolicyTokens = 0
+    public var generationMs = 0.0
     public var elapsedSeconds = 0.0
     public var agreement = 0.0
     /// The most bytes each device (by id) has held in live tensors since the process started
@@ -35,7 +38,7 @@ public struct StepMetrics: Sendable {
     public var json: [String: Any] {
         ["step": step, "loss": loss, "kl_loss": klLoss, "divergence": divergence, "ce_loss": ceLoss, "grad_norm": gradNorm, "lr": lr,
          "tokens": tokens, "scored_tokens": scoredTokens, "tokens_per_s": tokensPerSecond, "teacher_ms": teacherMs,
-         "student_ms": studentMs, "transfer_bytes": transferBytes, "elapsed_s": elapsedSeconds, "top1_agreement": agreement,
+         "student_ms": studentMs, "transfer_bytes": transferBytes, "on_policy_tokens": onPolicyTokens, "generation_ms": generationMs, "elapsed_s": elapsedSeconds, "top1_agreement": agreement,
          "device_peak_bytes": devicePeakBytes, "peak_rss_bytes": peakRSSBytes]
     }
 }
@@ -130,6 +133,7 @@ public final class Trainer {
     public let dataset: Dataset
     public let pass: DistillationPass
     public let optimizer: AdamW
+    public let onPolicy: OnPolicy
     public private(set) var sampler: BatchSampler
     public private(set) var step = 0
     /// Notes for the user (a shared vocabulary range, changed config keys on resume).
@@ -149,6 +153,7 @@ public final class Trainer {
         self.config = config
         dataset = try config.loadDataset(config.data.train, key: "data.train")
         try config.checkVocabulary(dataset)
+        if config.distill.onPolicy.fraction > 0 { try OnPolicy.checkPrompts(dataset, key: "data.train") }
         let cache = try config.data.teacherCache.map { try TeacherCache(directory: $0) }
         try cache?.checkData(split: "train", dataset: dataset, key: "data.train")
         let models = try RunModels.load(config, cache: cache, onLoad: onLoad)
@@ -183,6 +188,8 @@ public final class Trainer {
             try optimizer.add(name: name + ".lora_B", parameter: adapter.b) { adapter.gradB! }
         }
         pass = models.pass(config)
+        onPolicy = OnPolicy(config: config, stop: StopCondition.defaults(
+            modelDirectory: config.student.path, spec: models.student.spec, eosID: models.tokenizer?.eosID))
         sampler = BatchSampler(count: dataset.examples.count, batchSize: config.train.batchSize,
                                shuffle: config.data.shuffle, seed: UInt64(config.run.seed))
         notes = models.notes
@@ -196,17 +203,15 @@ public final class Trainer {
         config.train.lr * config.train.lrSchedule.factor(step: step, warmup: config.train.warmupSteps, total: config.train.maxSteps)
     }
 
-    /// The next step's micro-batches, drawn ahead (with the sampler position after them) so the
-    /// teacher can start on the first while the student finishes the current step.
-    private var upcoming: (batches: [PaddedBatch], sampler: BatchSampler)?
+    /// The next step's micro-batches' examples, drawn ahead (with the sampler position after
+    /// them) so the teacher can start on the first while the student finishes the current step.
+    private var upcoming: (batches: [[Example]], sampler: BatchSampler)?
     /// The teacher side of the next micro-batch, already started.
     private var prefetched: TeacherStream?
 
-    private func drawBatches(from sampler: BatchSampler) -> (batches: [PaddedBatch], sampler: BatchSampler) {
+    private func drawBatches(from sampler: BatchSampler) -> (batches: [[Example]], sampler: BatchSampler) {
         var sampler = sampler
-        let batches = (0..<config.train.gradAccumSteps).map { _ in
-            PaddedBatch(sampler.next().map { dataset.examples[$0] }, padID: padID)
-        }
+        let batches = (0..<config.train.gradAccumSteps).map { _ in sampler.next().map { dataset.examples[$0] } }
         return (batches, sampler)
     }
 
@@ -214,13 +219,28 @@ public final class Trainer {
     /// anything, when the loss or the gradient is not finite.
     public func trainStep() throws -> StepMetrics {
         let start = ContinuousClock.now
-        let (batches, samplerAfter) = upcoming ?? drawBatches(from: sampler)
+        let (drawn, samplerAfter) = upcoming ?? drawBatches(from: sampler)
         upcoming = nil
         sampler = samplerAfter
+        var metrics = StepMetrics()
+        // On-policy micro-batches are sampled first, with the adapters as they are before the step:
+        // N, the step's scored tokens, must be known before any gradient is formed.
+        let onPolicyMicro = drawn.indices.map { onPolicy.isOnPolicy(step: step, micro: $0) }
+        var batches: [PaddedBatch] = []
+        for (micro, examples) in drawn.enumerated() {
+            guard onPolicyMicro[micro] else {
+                batches.append(PaddedBatch(examples, padID: padID))
+                continue
+            }
+            let generationStart = ContinuousClock.now
+            let batch = try onPolicy.batch(examples, student: student, step: step, micro: micro, padID: padID)
+            metrics.generationMs += (ContinuousClock.now - generationStart).seconds * 1000
+            metrics.onPolicyTokens += batch.scoredTokens
+            batches.append(batch)
+        }
         let scored = batches.reduce(0) { $0 + $1.scoredTokens }
         guard scored > 0 else { throw KDError("step \(step + 1): the batch has no scored tokens") }
         for (_, adapter) in adapters { try adapter.zeroGradients() }
-        var metrics = StepMetrics()
         var totals = DistillationLoss.Totals()
         for (micro, batch) in batches.enumerated() {
             for (name, adapter) in adapters {
@@ -230,14 +250,16 @@ public final class Trainer {
             }
             let stream = prefetched ?? pass.startTeacher(batch)
             prefetched = nil
-            let result = try pass.run(batch, gradientScale: 1 / Float(scored), teacherStream: stream) {
-                // While the student finishes this micro-batch, the teacher starts on the next one.
+            let result = try pass.run(batch, gradientScale: 1 / Float(scored), crossEntropy: !onPolicyMicro[micro],
+                                      teacherStream: stream) {
+                // While the student finishes this micro-batch, the teacher starts on the next one
+                // (not on the next step's when that one is on-policy: it is sampled after this step).
                 guard budget.concurrent else { return }
                 if micro + 1 < batches.count {
                     prefetched = pass.startTeacher(batches[micro + 1])
-                } else if step + 1 < config.train.maxSteps {
+                } else if step + 1 < config.train.maxSteps && !onPolicy.isOnPolicy(step: step + 1, micro: 0) {
                     upcoming = drawBatches(from: sampler)
-                    prefetched = pass.startTeacher(upcoming!.batches[0])
+                    prefetched = pass.startTeacher(PaddedBatch(upcoming!.batches[0], padID: padID))
                 }
             }
             totals.add(result.totals)
@@ -250,8 +272,10 @@ public final class Trainer {
         let alpha = config.distill.alpha, temperature = config.distill.temperature
         metrics.klLoss = totals.kl / n
         metrics.divergence = totals.divergence / n
-        metrics.ceLoss = totals.ce / n
-        metrics.loss = alpha * temperature * temperature * metrics.divergence + (1 - alpha) * metrics.ceLoss
+        // CE is the mean over the tokens it applies to (all but on-policy ones); in the loss it is
+        // summed over those and divided by N, as the gradient has it.
+        metrics.ceLoss = totals.ce / Double(max(1, totals.ceRows))
+        metrics.loss = alpha * temperature * temperature * metrics.divergence + (1 - alpha) * totals.ce / n
         metrics.agreement = Double(totals.agreements) / n
         metrics.gradNorm = optimizer.gradientNorm()
         guard metrics.loss.isFinite else {
@@ -326,6 +350,7 @@ public final class Trainer {
     /// run is the one kd computed before these keys existed (its checkpoints resume unchanged).
     /// teacher.dtype and student.dtype enter only as bf16, the one setting that can round
     /// weights: auto and f32 hold the same values and give the same numbers bit for bit.
+    /// data.teacher_cache enters when set, and distill.on_policy's keys when its fraction is not 0.
     var configHash: String {
         var ignored: Set<String> = ["train.max_steps", "run.output_dir", "run.threads", "run.concurrency", "checkpoint.every_steps",
                                     "checkpoint.keep_last", "checkpoint.save_merged", "log.every_steps",
@@ -334,6 +359,11 @@ public final class Trainer {
         if config.distill.loss != .jsd { ignored.insert("distill.jsd_beta") }
         if config.teacher.dtype != .bf16 { ignored.insert("teacher.dtype") }
         if config.student.dtype != .bf16 { ignored.insert("student.dtype") }
+        if config.data.teacherCache == nil { ignored.insert("data.teacher_cache") }
+        if config.distill.onPolicy.fraction == 0 {
+            ignored.formUnion(["distill.on_policy.fraction", "distill.on_policy.max_new_tokens", "distill.on_policy.temperature",
+                               "distill.on_policy.top_p"])
+        }
         let text = config.effectiveValues.filter { !ignored.contains($0.key) }.map { "\($0.key)=\($0.value)" }
             .joined(separator: "\n")
         return String(RandomGenerator.hash(text), radix: 16)
