@@ -3,26 +3,37 @@ import KDCore
 
 /// The teacher's side of some scored positions as an offline cache holds it (`TeacherCache`):
 /// per row, the K token ids with the largest logits (descending, ties to the smaller id), their
-/// raw logits, the log-sum-exp of the whole row, and the log of the probability mass outside the
-/// K ids (at temperature 1; −∞ when K covers the vocabulary).
+/// raw logits, the log-sum-exp of the whole row and the log of the probability mass outside the
+/// K ids (−∞ when K covers the vocabulary), both at temperature 1 and at the cache's temperature
+/// T_c (the run's distill.temperature when the cache was made).
 public struct TopKRows: Sendable {
     public let k: Int
+    /// T_c, the temperature of `logSumExpT` and `tailLogMassT`.
+    public let temperature: Float
     public var ids: [Int32] = []
     public var logits: [Float] = []
     public var logSumExp: [Float] = []
     public var tailLogMass: [Float] = []
+    /// log Σ_v e^(t_v/T_c) and log Σ_{v ∉ ids} e^(t_v/T_c − that).
+    public var logSumExpT: [Float] = []
+    public var tailLogMassT: [Float] = []
 
-    public init(k: Int) { self.k = k }
+    public init(k: Int, temperature: Float) {
+        self.k = k
+        self.temperature = temperature
+    }
 
     public var count: Int { logSumExp.count }
 
     /// Rows `range` of these.
     public func rows(_ range: Range<Int>) -> TopKRows {
-        var out = TopKRows(k: k)
+        var out = TopKRows(k: k, temperature: temperature)
         out.ids = Array(ids[(range.lowerBound * k)..<(range.upperBound * k)])
         out.logits = Array(logits[(range.lowerBound * k)..<(range.upperBound * k)])
         out.logSumExp = Array(logSumExp[range])
         out.tailLogMass = Array(tailLogMass[range])
+        out.logSumExpT = Array(logSumExpT[range])
+        out.tailLogMassT = Array(tailLogMassT[range])
         return out
     }
 
@@ -31,6 +42,8 @@ public struct TopKRows: Sendable {
         logits += other.logits
         logSumExp += other.logSumExp
         tailLogMass += other.tailLogMass
+        logSumExpT += other.logSumExpT
+        tailLogMassT += other.tailLogMassT
     }
 }
 
@@ -39,17 +52,20 @@ public struct TopKRows: Sendable {
 /// the gradient, and O(K) work on the cached ids; nothing of [rows × vocab] is allocated.
 ///
 /// The teacher is known on K + 1 outcomes: the K cached ids and "the rest". With the cached raw
-/// logits t_k, the row's log-sum-exp ℓ and the log tail mass τ:
-///   T = 1:  P_k = e^(t_k − ℓ),  P_rest = e^τ   (exact: the teacher's distribution coarse-grained)
-///   T ≠ 1:  P_k = softmax over the K cached logits of t/T,  P_rest = 0   (renormalised over the
-///           K ids: the tempered tail is not in the cache)
+/// logits t_k, the row's log-sum-exp ℓ and log tail mass τ at T = 1, and ℓ_c, τ_c at the cache's
+/// temperature T_c:
+///   T = 1:    P_k = e^(t_k − ℓ),  P_rest = e^τ   (exact: the teacher's distribution coarse-grained)
+///   T = T_c:  P_k = e^(t_k/T − ℓ_c),  P_rest = e^τ_c   (exact at T_c likewise)
+///   other T:  P_k = softmax over the K cached logits of t/T,  P_rest = 0   (renormalised over the
+///             K ids: that tempered tail is not in the cache)
 /// The student's distribution q = softmax(s/T) over the whole vocabulary is coarse-grained the
 /// same way: Q_k = q at id k, Q_rest = Σ of q outside the K ids (summed directly, not 1 − Σ Q_k).
 /// When K is the vocabulary there is no "rest" and, at T = 1, D is the live teacher's divergence.
 /// D is the chosen divergence (`Divergence`) between P and Q over these outcomes, 0·log 0 = 0:
-///   forward_kl Σ_j P_j log(P_j/Q_j);  reverse_kl Σ_j Q_j log(Q_j/P_j) (T = 1 only: with P_rest = 0
-///   it is infinite, and the run config refuses it);  jsd(β) β·KL(P‖M) + (1−β)·KL(Q‖M), M = βP + (1−β)Q.
-/// At T = 1, D ≤ the divergence of the full distributions (coarse-graining loses information).
+///   forward_kl Σ_j P_j log(P_j/Q_j);  reverse_kl Σ_j Q_j log(Q_j/P_j) (at T = 1 or T_c only: with
+///   P_rest = 0 it is infinite, and training refuses it);  jsd(β) β·KL(P‖M) + (1−β)·KL(Q‖M),
+///   M = βP + (1−β)Q.
+/// At T = 1 and T_c, D ≤ the divergence of the full distributions (coarse-graining loses information).
 /// `Totals.kl` is the forward KL(P‖Q) of the same outcomes, whatever D is; agreement compares the
 /// student's top-1 with the cached first id; CE is as in the live loss.
 ///
@@ -79,7 +95,7 @@ extension DistillationLoss {
                     let work = { (row: Int) in
                         out[row] = DistillationLoss.cachedRow(
                             ids: ids.baseAddress! + row * k, logits: logits.baseAddress! + row * k, k: k,
-                            logSumExp: targets.logSumExp[row], tailLogMass: targets.tailLogMass[row],
+                            tail: DistillationLoss.tail(targets, row: row, temperature: settings.temperature),
                             student: student + row * settings.stride, label: Int(labels[row]), settings: settings, gradient: gradient)
                     }
                     if threads > 1 && rows > 1 {
@@ -95,7 +111,15 @@ extension DistillationLoss {
         return totals
     }
 
-    static func cachedRow(ids: UnsafePointer<Int32>, logits t: UnsafePointer<Float>, k: Int, logSumExp: Float, tailLogMass: Float,
+    /// The log-sum-exp and log tail mass a row of `targets` holds for temperature T: at 1, at the
+    /// cache's temperature, or nil (renormalise over the K ids).
+    static func tail(_ targets: TopKRows, row: Int, temperature: Float) -> (logSumExp: Float, logMass: Float)? {
+        if temperature == 1 { return (targets.logSumExp[row], targets.tailLogMass[row]) }
+        if temperature == targets.temperature { return (targets.logSumExpT[row], targets.tailLogMassT[row]) }
+        return nil
+    }
+
+    static func cachedRow(ids: UnsafePointer<Int32>, logits t: UnsafePointer<Float>, k: Int, tail: (logSumExp: Float, logMass: Float)?,
                           student s: UnsafeMutablePointer<Float>, label: Int, settings: Settings, gradient: Bool) -> Totals {
         let n = settings.vocab
         let temperature = Double(settings.temperature)
@@ -141,9 +165,9 @@ extension DistillationLoss {
             for j in 0..<k { q[j] /= totalB }
             q[k] = restB / totalB
             // The teacher's outcomes.
-            if settings.temperature == 1 {
-                for j in 0..<k { p[j] = Foundation.exp(Double(t[j]) - Double(logSumExp)) }
-                p[k] = hasRest ? Foundation.exp(Double(tailLogMass)) : 0
+            if let tail {
+                for j in 0..<k { p[j] = Foundation.exp(Double(t[j]) / temperature - Double(tail.logSumExp)) }
+                p[k] = hasRest ? Foundation.exp(Double(tail.logMass)) : 0
             } else {
                 var top = -Double.infinity
                 for j in 0..<k { top = Swift.max(top, Double(t[j])) }

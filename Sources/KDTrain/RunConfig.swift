@@ -447,10 +447,6 @@ extension RunConfig {
         if onPolicy.fraction > 0 && data.teacherCache != nil {
             throw KDError("\(file): distill.on_policy needs the live teacher to score the sampled tokens; it cannot run from data.teacher_cache")
         }
-        if data.teacherCache != nil && distill.loss == .reverseKL && distill.temperature != 1 {
-            throw KDError("\(file): distill.loss reverse_kl with data.teacher_cache needs distill.temperature 1: at other "
-                + "temperatures the cache holds no teacher probability outside its top-K ids, and KL(q||p) is infinite there")
-        }
         try range(data.maxSeqLen, "data.max_seq_len", 2...Limits.sequence)
         try range(train.maxSteps, "train.max_steps", 0...Limits.steps)
         try range(train.batchSize, "train.batch_size", 1...Limits.batch)

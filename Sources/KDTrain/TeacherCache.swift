@@ -14,8 +14,10 @@ import KDText
 ///   `ids` I32 [rows, K] (descending logit, ties to the smaller id), `logits` F32 [rows, K] (raw,
 ///   before temperature), `log_sum_exp` F32 [rows] (of the whole row over the loss vocabulary),
 ///   `tail_log_mass` F32 [rows] (log of the probability outside the K ids at T = 1, summed over
-///   those ids directly; −∞ when K is the vocabulary), and per example its JSONL `line` I64 and
-///   its number of scored rows `scored` I64.
+///   those ids directly; −∞ when K is the vocabulary), the same two at the cache's temperature
+///   T_c (`temperature` in the manifest: the run's distill.temperature) as `log_sum_exp_t` and
+///   `tail_log_mass_t` (of t/T_c), and per example its JSONL `line` I64 and its number of scored
+///   rows `scored` I64.
 /// A row is a scored position, in the order `DistillationPass.scoredPositions` visits them.
 public final class TeacherCache: @unchecked Sendable {
     public static let manifestName = "manifest.json"
@@ -47,6 +49,8 @@ public final class TeacherCache: @unchecked Sendable {
         public var version: Int
         public var topK: Int
         public var vocab: Int
+        /// T_c, the temperature of each row's second log-sum-exp and tail mass.
+        public var temperature: Double
         public var teacherPath: String
         public var teacherFingerprint: String
         /// The teacher's config.json, so a run without the teacher knows its shape.
@@ -55,7 +59,7 @@ public final class TeacherCache: @unchecked Sendable {
         public var complete: Bool
 
         enum CodingKeys: String, CodingKey {
-            case format, version, vocab, splits, complete
+            case format, version, vocab, splits, complete, temperature
             case topK = "top_k"
             case teacherPath = "teacher_path"
             case teacherFingerprint = "teacher_fingerprint"
@@ -134,6 +138,9 @@ public final class TeacherCache: @unchecked Sendable {
             throw KDError("\(path): cache version \(manifest.version); this kd reads version \(version)")
         }
         guard manifest.vocab >= 1 && manifest.vocab <= 1 << 24 else { throw KDError("\(path): vocab \(manifest.vocab) is out of range") }
+        guard manifest.temperature >= 1e-3 && manifest.temperature <= 1e3 else {
+            throw KDError("\(path): temperature \(manifest.temperature) is out of range")
+        }
         guard manifest.topK >= 1 && manifest.topK <= manifest.vocab else {
             throw KDError("\(path): top_k \(manifest.topK) must be between 1 and the vocabulary (\(manifest.vocab))")
         }
@@ -160,7 +167,8 @@ public final class TeacherCache: @unchecked Sendable {
         let file = try SafetensorsFile(path: path)
         let expected: [(String, DType, [Int])] = [
             ("ids", .i32, [shard.rows, k]), ("logits", .f32, [shard.rows, k]), ("log_sum_exp", .f32, [shard.rows]),
-            ("tail_log_mass", .f32, [shard.rows]), ("line", .i64, [shard.examples]), ("scored", .i64, [shard.examples]),
+            ("tail_log_mass", .f32, [shard.rows]), ("log_sum_exp_t", .f32, [shard.rows]), ("tail_log_mass_t", .f32, [shard.rows]),
+            ("line", .i64, [shard.examples]), ("scored", .i64, [shard.examples]),
         ]
         for (name, dtype, shape) in expected {
             guard let info = file.tensors[name], info.dtype == dtype, info.shape == shape else {
@@ -203,7 +211,7 @@ public final class TeacherCache: @unchecked Sendable {
     /// are checked (below the vocabulary, distinct) and its values (finite, tail not +∞ or NaN).
     public func rows(split: String, lines: [Int]) throws -> TopKRows {
         let k = manifest.topK, vocab = manifest.vocab
-        var out = TopKRows(k: k)
+        var out = TopKRows(k: k, temperature: Float(manifest.temperature))
         guard let index = index[split], let files = files[split] else { throw KDError("\(directory): no '\(split)' split") }
         for line in lines {
             guard let (shard, first, count) = index[line] else {
@@ -215,6 +223,8 @@ public final class TeacherCache: @unchecked Sendable {
             let logits = Self.slice(file, "logits", Float.self, range.lowerBound * k..<range.upperBound * k)
             let lse = Self.slice(file, "log_sum_exp", Float.self, range)
             let tail = Self.slice(file, "tail_log_mass", Float.self, range)
+            let lseT = Self.slice(file, "log_sum_exp_t", Float.self, range)
+            let tailT = Self.slice(file, "tail_log_mass_t", Float.self, range)
             var sorted = [Int32](repeating: 0, count: k)
             for r in 0..<count {
                 let rowIDs = ids[(r * k)..<((r + 1) * k)]
@@ -223,14 +233,17 @@ public final class TeacherCache: @unchecked Sendable {
                 guard sorted[0] >= 0, Int(sorted[k - 1]) < vocab, zip(sorted, sorted.dropFirst()).allSatisfy({ $0 < $1 }) else {
                     throw KDError("\(file.path): row \(first + r): ids must be distinct token ids below \(vocab)")
                 }
-                guard logits[(r * k)..<((r + 1) * k)].allSatisfy(\.isFinite), lse[r].isFinite, !tail[r].isNaN, tail[r] <= 0 else {
-                    throw KDError("\(file.path): row \(first + r): logits and log_sum_exp must be finite and tail_log_mass ≤ 0")
+                guard logits[(r * k)..<((r + 1) * k)].allSatisfy(\.isFinite), lse[r].isFinite, lseT[r].isFinite,
+                      !tail[r].isNaN, tail[r] <= 0, !tailT[r].isNaN, tailT[r] <= 0 else {
+                    throw KDError("\(file.path): row \(first + r): logits and log-sum-exps must be finite and tail masses ≤ 0")
                 }
             }
             out.ids += ids
             out.logits += logits
             out.logSumExp += lse
             out.tailLogMass += tail
+            out.logSumExpT += lseT
+            out.tailLogMassT += tailT
         }
         return out
     }

@@ -43,7 +43,8 @@ public enum TeacherCacheWriter {
         let configText = String(decoding: try InputFile.read((config.teacher.path as NSString).appendingPathComponent("config.json"),
                                                               limit: 1 << 24), as: UTF8.self)
         var manifest = TeacherCache.Manifest(
-            format: TeacherCache.format, version: TeacherCache.version, topK: k, vocab: vocab, teacherPath: config.teacher.path,
+            format: TeacherCache.format, version: TeacherCache.version, topK: k, vocab: vocab,
+            temperature: config.distill.temperature, teacherPath: config.teacher.path,
             teacherFingerprint: try TeacherCache.fingerprint(ofModel: config.teacher.path, dtype: config.teacher.dtype),
             teacherConfig: configText, splits: [:], complete: false)
         for split in splits {
@@ -75,7 +76,8 @@ public enum TeacherCacheWriter {
             for (split, shard, number) in missing {
                 let planned = manifest.splits[split.name]!
                 let before = planned.shards[..<number].reduce(0) { $0 + $1.rows }
-                try writeShard(shard, of: split.dataset, teacher: teacher, k: k, vocab: vocab, batchSize: config.train.batchSize,
+                try writeShard(shard, of: split.dataset, teacher: teacher, k: k, vocab: vocab, temperature: Float(config.distill.temperature),
+                               batchSize: config.train.batchSize,
                                chunkTokens: config.distill.chunkTokens, padID: padID, threads: budget.threads, output: output) { rows in
                     onProgress(Progress(split: split.name, shard: number + 1, shards: planned.shards.count, rowsDone: before + rows,
                                         rows: planned.rows, skipped: false))
@@ -115,6 +117,7 @@ public enum TeacherCacheWriter {
             if existing == manifest { return }
             let differs = existing.topK != manifest.topK ? "top_k \(existing.topK)"
                 : existing.vocab != manifest.vocab ? "vocab \(existing.vocab)"
+                : existing.temperature != manifest.temperature ? "temperature \(existing.temperature)"
                 : existing.teacherFingerprint != manifest.teacherFingerprint ? "another teacher (\(existing.teacherPath))"
                 : Set(existing.splits.keys) != Set(manifest.splits.keys) ? "splits \(existing.splits.keys.sorted())"
                 : "other data or shard sizes"
@@ -150,10 +153,11 @@ public enum TeacherCacheWriter {
         return lines == examples.map(\.line) && scored == examples.map(\.scoredTokens)
     }
 
-    static func writeShard(_ shard: TeacherCache.Shard, of dataset: Dataset, teacher: CausalLM, k: Int, vocab: Int, batchSize: Int,
+    static func writeShard(_ shard: TeacherCache.Shard, of dataset: Dataset, teacher: CausalLM, k: Int, vocab: Int, temperature: Float,
+                           batchSize: Int,
                            chunkTokens: Int, padID: Int, threads: Int, output: String, onRows: (Int) -> Void) throws {
         let examples = Array(dataset.examples[shard.firstExample..<(shard.firstExample + shard.examples)])
-        var rows = TopKRows(k: k)
+        var rows = TopKRows(k: k, temperature: temperature)
         for start in stride(from: 0, to: examples.count, by: batchSize) {
             let batch = PaddedBatch(Array(examples[start..<min(examples.count, start + batchSize)]), padID: padID)
             let positions = DistillationPass.scoredPositions(batch).rows
@@ -164,7 +168,7 @@ public enum TeacherCacheWriter {
                     let logits = try Tensor(uninitializedShape: [range.count, teacher.spec.vocabSize], on: teacher.lastDevice)
                     try teacher.project(try gather(hidden, rows: positions[range]).data, rows: range.count, into: logits.data)
                     return try summarise(logits.data, stride: teacher.spec.vocabSize, rows: range.count, vocab: vocab, k: k,
-                                         threads: threads)
+                                         temperature: temperature, threads: threads)
                 })
             }
             onRows(rows.count)
@@ -176,6 +180,7 @@ public enum TeacherCacheWriter {
         let writer = try SafetensorsWriter(path: path, entries: [
             .init(name: "ids", dtype: .i32, shape: [shard.rows, k]), .init(name: "logits", dtype: .f32, shape: [shard.rows, k]),
             .init(name: "log_sum_exp", dtype: .f32, shape: [shard.rows]), .init(name: "tail_log_mass", dtype: .f32, shape: [shard.rows]),
+            .init(name: "log_sum_exp_t", dtype: .f32, shape: [shard.rows]), .init(name: "tail_log_mass_t", dtype: .f32, shape: [shard.rows]),
             .init(name: "line", dtype: .i64, shape: [shard.examples]), .init(name: "scored", dtype: .i64, shape: [shard.examples]),
         ], metadata: ["format": TeacherCache.format])
         do {
@@ -183,6 +188,8 @@ public enum TeacherCacheWriter {
             try writer.write(raw: rows.logits.withUnsafeBytes { Data($0) })
             try writer.write(raw: rows.logSumExp.withUnsafeBytes { Data($0) })
             try writer.write(raw: rows.tailLogMass.withUnsafeBytes { Data($0) })
+            try writer.write(raw: rows.logSumExpT.withUnsafeBytes { Data($0) })
+            try writer.write(raw: rows.tailLogMassT.withUnsafeBytes { Data($0) })
             try writer.write(raw: examples.map { Int64($0.line) }.withUnsafeBytes { Data($0) })
             try writer.write(raw: examples.map { Int64($0.scoredTokens) }.withUnsafeBytes { Data($0) })
             try writer.finish()
@@ -194,15 +201,17 @@ public enum TeacherCacheWriter {
 
     /// The cache's rows of teacher logits [rows, stride] (overwritten: scratch), over the first
     /// `vocab` of each row.
-    static func summarise(_ logits: UnsafeMutablePointer<Float>, stride: Int, rows: Int, vocab: Int, k: Int, threads: Int) throws
-        -> TopKRows {
+    static func summarise(_ logits: UnsafeMutablePointer<Float>, stride: Int, rows: Int, vocab: Int, k: Int, temperature: Float,
+                          threads: Int) throws -> TopKRows {
         let ids = UnsafeMutablePointer<Int32>.allocate(capacity: rows * k), top = UnsafeMutablePointer<Float>.allocate(capacity: rows * k)
-        let sums = UnsafeMutablePointer<Float>.allocate(capacity: 2 * rows), finite = UnsafeMutablePointer<Bool>.allocate(capacity: rows)
+        let sums = UnsafeMutablePointer<Float>.allocate(capacity: 4 * rows), finite = UnsafeMutablePointer<Bool>.allocate(capacity: rows)
         defer { ids.deallocate(); top.deallocate(); sums.deallocate(); finite.deallocate() }
         let work = { (row: Int) in
-            let summary = summariseRow(logits + row * stride, vocab: vocab, k: k, ids: ids + row * k, logits: top + row * k)
+            let summary = summariseRow(logits + row * stride, vocab: vocab, k: k, temperature: temperature, ids: ids + row * k,
+                                       logits: top + row * k)
             finite[row] = summary != nil
-            (sums[row], sums[rows + row]) = summary ?? (0, 0)
+            let values = summary ?? [0, 0, 0, 0]
+            for i in 0..<4 { sums[i * rows + row] = values[i] }
         }
         if threads > 1 && rows > 1 {
             DispatchQueue.concurrentPerform(iterations: rows, execute: work)
@@ -212,18 +221,20 @@ public enum TeacherCacheWriter {
         if (0..<rows).contains(where: { !finite[$0] }) {
             throw KDError("the teacher's logits are not finite (NaN or infinite); no cache was written for them")
         }
-        var out = TopKRows(k: k)
+        var out = TopKRows(k: k, temperature: temperature)
         out.ids = Array(UnsafeBufferPointer(start: ids, count: rows * k))
         out.logits = Array(UnsafeBufferPointer(start: top, count: rows * k))
         out.logSumExp = Array(UnsafeBufferPointer(start: sums, count: rows))
         out.tailLogMass = Array(UnsafeBufferPointer(start: sums + rows, count: rows))
+        out.logSumExpT = Array(UnsafeBufferPointer(start: sums + 2 * rows, count: rows))
+        out.tailLogMassT = Array(UnsafeBufferPointer(start: sums + 3 * rows, count: rows))
         return out
     }
 
-    /// One row: the top-K ids and logits (descending, ties to the smaller id), the log-sum-exp
-    /// and the log tail mass; nil when a logit is not finite. The row is scratch.
-    static func summariseRow(_ t: UnsafeMutablePointer<Float>, vocab n: Int, k: Int, ids: UnsafeMutablePointer<Int32>,
-                             logits top: UnsafeMutablePointer<Float>) -> (Float, Float)? {
+    /// One row: the top-K ids and logits (descending, ties to the smaller id), then [log-sum-exp,
+    /// log tail mass] at T = 1 and at `temperature`; nil when a logit is not finite. The row is scratch.
+    static func summariseRow(_ t: UnsafeMutablePointer<Float>, vocab n: Int, k: Int, temperature: Float,
+                             ids: UnsafeMutablePointer<Int32>, logits top: UnsafeMutablePointer<Float>) -> [Float]? {
         // A min-heap of the best K so far, worst at the root; ids arrive ascending, so an equal
         // logit never displaces an earlier (smaller) id.
         var count = 0
@@ -266,33 +277,43 @@ public enum TeacherCacheWriter {
         var order = Array(0..<k)
         order.sort { top[$0] > top[$1] || (top[$0] == top[$1] && ids[$0] < ids[$1]) }
         let sortedLogits = order.map { top[$0] }, sortedIDs = order.map { ids[$0] }
-        var support = 0.0
-        for j in 0..<k {
-            (top[j], ids[j]) = (sortedLogits[j], sortedIDs[j])
-            support += Foundation.exp(Double(top[j] - maximum))
-            t[Int(ids[j])] = -.greatestFiniteMagnitude
+        for j in 0..<k { (top[j], ids[j]) = (sortedLogits[j], sortedIDs[j]) }
+        // At each temperature: the K ids' sum, then the tail's with the K ids masked out.
+        var out: [Float] = []
+        for (pass, scale) in [Float(1), 1 / temperature].enumerated() {
+            var support = 0.0
+            for j in 0..<k {
+                support += Foundation.exp(Double(top[j] - maximum) * Double(scale))
+                if pass == 0 { t[Int(ids[j])] = -.greatestFiniteMagnitude }
+            }
+            let rest = k == n ? 0 : tailSum(t, count: n, maximum: maximum, scale: scale)
+            let total = support + rest
+            out.append(Float(Double(maximum) * Double(scale) + Foundation.log(total)))
+            out.append(k < n ? Float(Foundation.log(rest) - Foundation.log(total)) : -.infinity)
         }
-        // The tail, summed directly: f32 lanes over blocks of 512, the blocks in float64.
+        return out
+    }
+
+    /// Σ e^((t_v − max)·scale) over a row whose cached ids are masked: f32 lanes over blocks of
+    /// 512, the blocks summed in float64.
+    static func tailSum(_ t: UnsafePointer<Float>, count n: Int, maximum: Float, scale: Float) -> Double {
         var rest = 0.0
-        let m = Vec(repeating: maximum)
+        let m = Vec(repeating: maximum), c = Vec(repeating: scale)
         var v = 0
         while v < n {
             let end = min(n, v + 512)
             var lanes = Vec.zero
             while v + 8 <= end {
-                lanes += Kernels.exp(Kernels.load(t + v) - m)
+                lanes += Kernels.exp((Kernels.load(t + v) - m) * c)
                 v += 8
             }
             var block = lanes.sum()
             while v < end {
-                block += Kernels.exp(t[v] - maximum)
+                block += Kernels.exp((t[v] - maximum) * scale)
                 v += 1
             }
             rest += Double(block)
         }
-        if k == n { rest = 0 }
-        let total = support + rest
-        let lse = Double(maximum) + Foundation.log(total)
-        return (Float(lse), k < n ? Float(Foundation.log(rest) - Foundation.log(total)) : -.infinity)
+        return rest
     }
 }

@@ -156,6 +156,12 @@ public final class Trainer {
         if config.distill.onPolicy.fraction > 0 { try OnPolicy.checkPrompts(dataset, key: "data.train") }
         let cache = try config.data.teacherCache.map { try TeacherCache(directory: $0) }
         try cache?.checkData(split: "train", dataset: dataset, key: "data.train")
+        if let cache, config.distill.loss == .reverseKL, config.distill.temperature != 1,
+           config.distill.temperature != cache.manifest.temperature {
+            throw KDError("distill.loss reverse_kl with data.teacher_cache needs distill.temperature 1 or the cache's "
+                + "(\(cache.manifest.temperature)): at other temperatures the cache holds no teacher probability outside its "
+                + "top-K ids, and KL(q||p) is infinite there")
+        }
         let models = try RunModels.load(config, cache: cache, onLoad: onLoad)
         self.models = models
         let student = models.student
@@ -372,7 +378,7 @@ public final class Trainer {
     var state: TrainerState {
         TrainerState(
             step: step, cursor: sampler.cursor, seed: config.run.seed,
-            rng: "xoshiro256** streams keyed by (run.seed, step, micro-batch, module)",
+            rng: "xoshiro256** streams keyed by (run.seed, step, micro-batch): dropout (and module), on-policy draw and sampling",
             scheduler: .init(schedule: config.train.lrSchedule.rawValue, peakLR: config.train.lr,
                              warmupSteps: config.train.warmupSteps, maxSteps: config.train.maxSteps,
                              lastLR: config.train.lr * config.train.lrSchedule.factor(
