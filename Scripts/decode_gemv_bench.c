@@ -1,19 +1,22 @@
 // The matrix-vector products of one decoded token of Qwen3-0.6B (28 layers of q, k, v, o, gate,
-// up and down, and the 151,936 × 1,024 head), on one thread: sgemv on f32 weights, and kd's bf16
-// kernel (Sources/CKernels) on bf16 weights on each of its paths this CPU has (AVX-512, AVX2,
-// scalar code only when asked). The kinds alternate within every repetition; it prints the
+// up and down, and the 151,936 × 1,024 head), on THREADS threads (1 by default): sgemv on f32
+// weights, and kd's bf16 kernel (Sources/CKernels) on bf16 weights on each of its paths this CPU
+// has (AVX-512, AVX2, scalar code only when asked), its rows split over the threads as kd splits
+// them (OpenMP here, Dispatch in kd). The kinds alternate within every repetition; it prints the
 // fastest and the median ms per token and the read bandwidth of the fastest, when every weight
 // streams from memory, without the rest of decoding. It also checks that the paths give the same
 // bits.
 // Build and run from the project root:
-//   gcc -O3 -mavx2 -mfma -ffp-contract=off -ISources/CKernels/include Scripts/decode_gemv_bench.c
-//       Sources/CKernels/gemv.c -o decode_gemv_bench -lopenblas && ./decode_gemv_bench [REPS] [scalar]
+//   gcc -O3 -mavx2 -mfma -ffp-contract=off -fopenmp -ISources/CKernels/include Scripts/decode_gemv_bench.c
+//       Sources/CKernels/gemv.c -o decode_gemv_bench -lopenblas && ./decode_gemv_bench [REPS] [THREADS] [scalar]
 #include <cblas.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
+#include <omp.h>
 #include "ckernels.h"
 
 static double now(void) {
@@ -29,9 +32,13 @@ static int ascending(const void *a, const void *b) {
 
 int main(int argc, char **argv) {
     int reps = argc > 1 ? atoi(argv[1]) : 7;
-    int scalar = argc > 2 && strcmp(argv[2], "scalar") == 0;
-    if (reps < 1 || reps > 1000) { fprintf(stderr, "usage: %s [REPS] [scalar]\n", argv[0]); return 2; }
-    openblas_set_num_threads(1);
+    int threads = argc > 2 ? atoi(argv[2]) : 1;
+    int scalar = argc > 3 && strcmp(argv[3], "scalar") == 0;
+    if (reps < 1 || reps > 1000 || threads < 1 || threads > 64) {
+        fprintf(stderr, "usage: %s [REPS] [THREADS] [scalar]\n", argv[0]);
+        return 2;
+    }
+    openblas_set_num_threads(threads);
     const long layer[7][2] = {{2048, 1024}, {1024, 1024}, {1024, 1024}, {1024, 2048}, {3072, 1024}, {3072, 1024}, {1024, 3072}};
     enum { LAYERS = 28, COUNT = LAYERS * 7 + 1 };
     long shape[COUNT][2], elements = 0, outputs = 0;
@@ -69,10 +76,21 @@ int main(int argc, char **argv) {
     for (int r = 0; r < reps; r++)
         for (int kind = 0; kind < kinds; kind++) {
             float *out = y[kind];
+            // OpenBLAS's threads spin for a while after sgemv: let them sleep before kd's own.
+            if (kind == 1 && threads > 1) usleep(500000);
             double t = now();
             for (int j = 0; j < COUNT; j++) {
                 if (kind == 0) cblas_sgemv(CblasRowMajor, CblasNoTrans, shape[j][0], shape[j][1], 1, f32[j], shape[j][1], x, 1, 0, out, 1);
-                else kd_gemv_bf16_width(widths[kind - 1], bf16[j], 0, shape[j][0], shape[j][1], x, xp, out, 0, 1);
+                else {
+                    // As WeightProducts.gemvBF16: at most one part per 256 rows.
+                    long rows = shape[j][0], parts = rows / 256 < threads ? (rows / 256 > 0 ? rows / 256 : 1) : threads;
+                    long per = (rows + parts - 1) / parts;
+#pragma omp parallel for num_threads(parts) if (parts > 1)
+                    for (long p = 0; p < parts; p++) {
+                        long end = (p + 1) * per < rows ? (p + 1) * per : rows;
+                        kd_gemv_bf16_width(widths[kind - 1], bf16[j], p * per, end, shape[j][1], x, xp, out, 0, 1);
+                    }
+                }
                 out += shape[j][0];
             }
             times[kind * reps + r] = now() - t;
@@ -84,7 +102,7 @@ int main(int argc, char **argv) {
         if (kind == 0) snprintf(name, sizeof name, "f32 (sgemv)");
         else snprintf(name, sizeof name, "bf16 (kd, %s)", widths[kind - 1] == 512 ? "avx512" : widths[kind - 1] == 256 ? "avx2" : "scalar");
         double bytes = (kind == 0 ? 4.0 : 2.0) * elements;
-        printf("{\"weights\": \"%s\", \"ms_per_token\": %.1f, \"median_ms\": %.1f, \"read_gb_per_s\": %.1f}\n", name, t[0] * 1e3,
+        printf("{\"weights\": \"%s\", \"threads\": %d, \"ms_per_token\": %.1f, \"median_ms\": %.1f, \"read_gb_per_s\": %.1f}\n", name, threads, t[0] * 1e3,
                t[reps / 2] * 1e3, bytes / t[0] * 1e-9);
     }
     for (int kind = 2; kind < kinds; kind++)
