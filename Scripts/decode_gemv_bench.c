@@ -9,6 +9,8 @@
 // Build and run from the project root:
 //   gcc -O3 -mavx2 -mfma -ffp-contract=off -fopenmp -ISources/CKernels/include Scripts/decode_gemv_bench.c
 //       Sources/CKernels/gemv.c -o decode_gemv_bench -lopenblas && ./decode_gemv_bench [REPS] [THREADS] [scalar]
+// On several threads set OMP_WAIT_POLICY=passive: kd's Dispatch workers sleep between products,
+// and OpenMP's spinning ones, on a host whose cores something else uses, run many times slower.
 #include <cblas.h>
 #include <stdint.h>
 #include <stdio.h>
