@@ -48,8 +48,9 @@ let package = Package(
             name: "COpenBLAS",
             providers: [.apt(["libopenblas-dev", "liblapacke-dev"])]
         ),
-        // Decoding's matrix-vector kernels over f32 and bf16 weights, in C with AVX2 intrinsics
-        // (Swift's SIMD widening of 16-bit lanes runs lane by lane).
+        // Decoding's matrix-vector kernels over f32 and bf16 weights, in C with AVX2 intrinsics and
+        // an AVX-512 path built for its own target and taken when the CPU has it (Swift's SIMD
+        // widening of 16-bit lanes runs lane by lane).
         .target(name: "CKernels", cSettings: [.unsafeFlags(cKernelFlags)]),
         // Tensors, devices, device groups, BLAS and SIMD kernels.
         .target(name: "KDCore", dependencies: ["COpenBLAS", "CKernels"], swiftSettings: kernelSettings),

@@ -78,9 +78,11 @@ public enum WeightProducts {
     }
 
     /// y[o] = scale · Σᵢ W[o, i]·x[i] (+ y[o]) for a bf16 W [rows, cols], its rows split over
-    /// `BLAS.threads` cores, by CKernels' kd_gemv_bf16.
+    /// `BLAS.threads` cores, by CKernels' kd_gemv_bf16 on its path no wider than `width` bits
+    /// (512: AVX-512, 256: AVX2, 0: scalar code; the widest the CPU has by default). Every path
+    /// gives the same bits.
     static func gemvBF16(_ weight: Tensor, x: UnsafePointer<Float>, into y: UnsafeMutablePointer<Float>, accumulate: Bool,
-                         scale: Float) {
+                         scale: Float, width: Int32 = 512) {
         let (rows, cols) = (weight.shape[0], weight.shape[1])
         let parts = max(1, min(BLAS.threads, rows / 256))
         let perPart = (rows + parts - 1) / parts
@@ -90,9 +92,12 @@ public enum WeightProducts {
         kd_pair_order(x, cols, pairs)
         func run(_ part: Int) {
             let first = part * perPart
-            kd_gemv_bf16(w, first, min(rows, first + perPart), cols, x, pairs, y, accumulate ? 1 : 0, scale)
+            kd_gemv_bf16_width(width, w, first, min(rows, first + perPart), cols, x, pairs, y, accumulate ? 1 : 0, scale)
         }
         if parts == 1 { return run(0) }
         DispatchQueue.concurrentPerform(iterations: parts, execute: run)
     }
+
+    /// The widest path of `gemvBF16` on this CPU, in bits (512, 256 or 0).
+    static var gemvBF16Widest: Int32 { kd_gemv_bf16_widest() }
 }

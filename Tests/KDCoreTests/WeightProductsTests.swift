@@ -80,6 +80,25 @@ import Testing
         }
     }
 
+    /// The bf16 kernel's paths (scalar code, AVX2, AVX-512: those this CPU has) sum in one order,
+    /// so they give the same bits; row counts cover the four-row groups and the rows left over,
+    /// widths a scalar tail and none, accumulate and not.
+    @Test(arguments: [(1, 5), (7, 1031), (1027, 64), (13, 4096), (517, 48), (9, 16), (2048, 24)])
+    func bf16PathsAreBitIdentical(shape: (out: Int, in: Int)) throws {
+        let (out, inFeatures) = shape
+        let (_, w16, x) = try Self.operands(out: out, in: inFeatures, rows: 1, seed: UInt64(out + inFeatures))
+        let widths = [Int32(0), 256, 512].filter { $0 <= WeightProducts.gemvBF16Widest }
+        for accumulate in [false, true] {
+            let start = (0..<out).map { Float($0 % 5) - 2 }
+            let results = widths.map { width in
+                var y = start
+                WeightProducts.gemvBF16(w16, x: x, into: &y, accumulate: accumulate, scale: 0.75, width: width)
+                return y.map(\.bitPattern)
+            }
+            for (width, result) in zip(widths, results) { #expect(result == results[0], "width \(width)") }
+        }
+    }
+
     @Test func gatheredRowsAreWidenedExactly() throws {
         let (w32, w16, _) = try Self.operands(out: 50, in: 19, rows: 1, seed: 3)
         let ids = [49, 0, 7, 7]

@@ -7,6 +7,15 @@
 void kd_gemv_bf16(const uint16_t *w, long first, long end, long cols, const float *x, const float *xp, float *y,
                   int accumulate, float scale);
 
+// kd_gemv_bf16 on a path no wider than `width` bits: 512 (AVX-512), 256 (AVX2) or 0 (scalar
+// code), falling back to the widest this build and CPU have. Every path gives the same bits;
+// kd_gemv_bf16 takes the widest.
+void kd_gemv_bf16_width(int width, const uint16_t *w, long first, long end, long cols, const float *x, const float *xp,
+                        float *y, int accumulate, float scale);
+
+// The widest path kd_gemv_bf16 takes here: 512, 256 or 0.
+int kd_gemv_bf16_widest(void);
+
 // xp[16b + j] = x[16b + 2j] and xp[16b + 8 + j] = x[16b + 2j + 1] for j < 8 and every whole
 // block b of 16 columns (cols / 16 * 16 values).
 void kd_pair_order(const float *x, long cols, float *xp);
