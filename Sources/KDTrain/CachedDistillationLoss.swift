@@ -87,28 +87,17 @@ extension DistillationLoss {
     ) -> Totals {
         let rows = labels.count
         precondition(targets.count == rows && targets.ids.count == rows * targets.k && targets.k <= settings.vocab)
-        var partial = [Totals](repeating: Totals(), count: rows)
-        targets.ids.withUnsafeBufferPointer { ids in
+        return targets.ids.withUnsafeBufferPointer { ids in
             targets.logits.withUnsafeBufferPointer { logits in
-                partial.withUnsafeMutableBufferPointer { buffer in
-                    let out = buffer.baseAddress!, k = targets.k
-                    let work = { (row: Int) in
-                        out[row] = DistillationLoss.cachedRow(
-                            ids: ids.baseAddress! + row * k, logits: logits.baseAddress! + row * k, k: k,
-                            tail: DistillationLoss.tail(targets, row: row, temperature: settings.temperature),
-                            student: student + row * settings.stride, label: Int(labels[row]), settings: settings, gradient: gradient)
-                    }
-                    if threads > 1 && rows > 1 {
-                        DispatchQueue.concurrentPerform(iterations: rows, execute: work)
-                    } else {
-                        for row in 0..<rows { work(row) }
-                    }
+                let k = targets.k
+                return sumRows(rows, threads: threads) { row in
+                    DistillationLoss.cachedRow(
+                        ids: ids.baseAddress! + row * k, logits: logits.baseAddress! + row * k, k: k,
+                        tail: DistillationLoss.tail(targets, row: row, temperature: settings.temperature),
+                        student: student + row * settings.stride, label: Int(labels[row]), settings: settings, gradient: gradient)
                 }
             }
         }
-        var totals = Totals()
-        for part in partial { totals.add(part) }
-        return totals
     }
 
     /// The log-sum-exp and log tail mass a row of `targets` holds for temperature T: at 1, at the

@@ -109,22 +109,24 @@ public enum DistillationLoss {
         teacher: UnsafeMutablePointer<Float>, teacherStride: Int, student: UnsafeMutablePointer<Float>, labels: [Int32],
         settings: Settings, gradient: Bool, threads: Int
     ) -> Totals {
-        let rows = labels.count
+        sumRows(labels.count, threads: threads) { row in
+            DistillationLoss.row(teacher: teacher + row * teacherStride, student: student + row * settings.stride,
+                                 label: Int(labels[row]), settings: settings, gradient: gradient)
+        }
+    }
+
+    /// The totals of rows 0..<rows, each computed by `row` (on `threads` workers), summed in row
+    /// order so they do not depend on the thread count.
+    static func sumRows(_ rows: Int, threads: Int, _ row: (Int) -> Totals) -> Totals {
         var partial = [Totals](repeating: Totals(), count: rows)
         partial.withUnsafeMutableBufferPointer { buffer in
             let out = buffer.baseAddress!
-            let work = { (row: Int) in
-                out[row] = DistillationLoss.row(
-                    teacher: teacher + row * teacherStride, student: student + row * settings.stride,
-                    label: Int(labels[row]), settings: settings, gradient: gradient)
-            }
             if threads > 1 && rows > 1 {
-                DispatchQueue.concurrentPerform(iterations: rows, execute: work)
+                DispatchQueue.concurrentPerform(iterations: rows) { out[$0] = row($0) }
             } else {
-                for row in 0..<rows { work(row) }
+                for index in 0..<rows { out[index] = row(index) }
             }
         }
-        // Summed in row order, so the totals do not depend on the thread count.
         var totals = Totals()
         for part in partial { totals.add(part) }
         return totals

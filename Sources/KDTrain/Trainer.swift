@@ -281,7 +281,7 @@ public final class Trainer {
         // CE is the mean over the tokens it applies to (all but on-policy ones); in the loss it is
         // summed over those and divided by N, as the gradient has it.
         metrics.ceLoss = totals.ce / Double(max(1, totals.ceRows))
-        metrics.loss = alpha * temperature * temperature * metrics.divergence + (1 - alpha) * totals.ce / n
+        metrics.loss = alpha * temperature * temperature * metrics.divergence + (1 - alpha) * (totals.ce / n)
         metrics.agreement = Double(totals.agreements) / n
         metrics.gradNorm = optimizer.gradientNorm()
         guard metrics.loss.isFinite else {
