@@ -204,3 +204,25 @@ void kd_gemv_bf16(const uint16_t *w, long first, long end, long cols, const floa
                   int accumulate, float scale) {
     kd_gemv_bf16_width(512, w, first, end, cols, x, xp, y, accumulate, scale);
 }
+
+struct gemv_job {
+    int width, accumulate;
+    const uint16_t *w;
+    long rows, cols, per_part;
+    const float *x, *xp;
+    float *y;
+    float scale;
+};
+
+static void gemv_part(void *context, int part) {
+    const struct gemv_job *j = context;
+    long first = part * j->per_part, end = first + j->per_part < j->rows ? first + j->per_part : j->rows;
+    if (first < end) kd_gemv_bf16_width(j->width, j->w, first, end, j->cols, j->x, j->xp, j->y, j->accumulate, j->scale);
+}
+
+void kd_gemv_bf16_parts(int parts, int width, const uint16_t *w, long rows, long cols, const float *x, const float *xp,
+                        float *y, int accumulate, float scale) {
+    if (parts < 1) parts = 1;
+    struct gemv_job job = {width, accumulate, w, rows, cols, (rows + parts - 1) / parts, x, xp, y, scale};
+    kd_run_parts(parts, gemv_part, &job);
+}

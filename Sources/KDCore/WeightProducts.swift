@@ -85,17 +85,11 @@ public enum WeightProducts {
                          scale: Float, width: Int32 = 512) {
         let (rows, cols) = (weight.shape[0], weight.shape[1])
         let parts = max(1, min(BLAS.threads, rows / 256))
-        let perPart = (rows + parts - 1) / parts
         let w = weight.bytes.assumingMemoryBound(to: UInt16.self)
         let pairs = UnsafeMutablePointer<Float>.allocate(capacity: max(1, cols))
         defer { pairs.deallocate() }
         kd_pair_order(x, cols, pairs)
-        func run(_ part: Int) {
-            let first = part * perPart
-            kd_gemv_bf16_width(width, w, first, min(rows, first + perPart), cols, x, pairs, y, accumulate ? 1 : 0, scale)
-        }
-        if parts == 1 { return run(0) }
-        DispatchQueue.concurrentPerform(iterations: parts, execute: run)
+        kd_gemv_bf16_parts(Int32(parts), width, w, rows, cols, x, pairs, y, accumulate ? 1 : 0, scale)
     }
 
     /// The widest path of `gemvBF16` on this CPU, in bits (512, 256 or 0).

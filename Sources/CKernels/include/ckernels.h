@@ -19,3 +19,13 @@ int kd_gemv_bf16_widest(void);
 // xp[16b + j] = x[16b + 2j] and xp[16b + 8 + j] = x[16b + 2j + 1] for j < 8 and every whole
 // block b of 16 columns (cols / 16 * 16 values).
 void kd_pair_order(const float *x, long cols, float *xp);
+
+// Runs fn(context, part) for part 0..<parts: part 0 on the calling thread, the others on helper
+// threads that spin a little between jobs (Sources/CKernels/parts.c), or all on the caller when
+// another caller's job is running. Returns when every part has returned.
+void kd_run_parts(int parts, void (*fn)(void *context, int part), void *context);
+
+// kd_gemv_bf16_width over rows [0, rows) in `parts` consecutive runs of ceil(rows / parts) rows,
+// run by kd_run_parts.
+void kd_gemv_bf16_parts(int parts, int width, const uint16_t *w, long rows, long cols, const float *x, const float *xp,
+                        float *y, int accumulate, float scale);
