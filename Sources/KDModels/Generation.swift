@@ -134,11 +134,17 @@ extension Attention {
                 let query = q.data + span.start * qStride + h * headDim
                 let output = out.data + span.start * qStride + h * headDim
                 if span.count == 1 {
-                    // One query: two matrix-vector products over the cached positions.
-                    BLAS.gemv(m: total, n: headDim, alpha: scale, a: rowKeys + kvOffset, lda: kvStride, x: query, y: scores.data)
+                    // One query: a dot product with each cached key, then the values weighted by the
+                    // softmax, in SIMD kernels. (As two sgemv calls, OpenBLAS threads them from ~72
+                    // positions on: ~900 wake-ups of its threads per token for a few µs of work each.)
+                    for p in 0..<total {
+                        scores.data[p] = scale * Kernels.dot(rowKeys + p * kvStride + kvOffset, query, count: headDim)
+                    }
                     Kernels.softmax(scores.data, count: total)
-                    BLAS.gemv(trans: true, m: total, n: headDim, a: rowValues + kvOffset, lda: kvStride, x: scores.data,
-                              y: output)
+                    output.update(repeating: 0, count: headDim)
+                    for p in 0..<total {
+                        Kernels.axpy(scores.data[p], rowValues + p * kvStride + kvOffset, into: output, count: headDim)
+                    }
                 } else {
                     BLAS.gemm(transB: true, m: span.count, n: total, k: headDim, alpha: scale, a: query, lda: qStride,
                               b: rowKeys + kvOffset, ldb: kvStride, c: scores.data, ldc: total)
