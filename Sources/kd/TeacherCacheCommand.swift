@@ -37,10 +37,14 @@ struct TeacherCacheCommand: KDCommand {
             guard terminal || shardDone || (now - lastShown).seconds >= 10 else { return }
             lastShown = now
             let seconds = (now - start).seconds
+            let rate = Double(computed) / max(seconds, 1e-9)
             let text = String(format: "%@: shard %d/%d  %d/%d tokens  %.0f tok/s%@", p.split, p.shard, p.shards, p.rowsDone, p.rows,
-                              Double(computed) / max(seconds, 1e-9), p.skipped ? "  (already written)" : "")
+                              rate, p.skipped ? "  (already written)" : "")
             if terminal {
-                FileHandle.standardError.write(Data("\r\u{1B}[2K\(text)".utf8))
+                let width = 20, filled = p.rows > 0 ? width * p.rowsDone / p.rows : width
+                let bar = String(repeating: "█", count: filled) + String(repeating: "·", count: width - filled)
+                let eta = rate > 0 ? Int(Double(p.rows - p.rowsDone) / rate) : 0
+                FileHandle.standardError.write(Data("\r\u{1B}[2K[\(bar)] \(text)  ETA \(eta / 60):\(String(format: "%02d", eta % 60))".utf8))
             } else {
                 Console.info(text)
             }
