@@ -56,6 +56,10 @@ public enum FuzzSeeds {
             }
         case .trainerState:
             seeds = corpus("trainer-state")
+        case .teacherCache:
+            let directory = fixtures + ["train", "dense-teacher", "teacher-cache-k4"]
+            seeds = [read(directory + ["manifest.json"]), read(directory + ["train-00001.safetensors"])].allSatisfy { $0 != nil }
+                ? [FuzzParts.join([read(directory + ["manifest.json"])!, read(directory + ["train-00001.safetensors"])!])] : []
         }
         return small ? seeds.filter { $0.count <= 24 << 10 } : seeds
     }

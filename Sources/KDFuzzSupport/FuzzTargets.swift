@@ -16,6 +16,7 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
     case tokenizer
     case peft
     case trainerState = "trainer-state"
+    case teacherCache = "teacher-cache"
 
     /// What a parser did with one input.
     public enum Outcome {
@@ -33,6 +34,7 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
             case .tokenizer: try FuzzDrivers.tokenizer(data)
             case .peft: try FuzzDrivers.peft(data)
             case .trainerState: try FuzzDrivers.trainerState(data)
+            case .teacherCache: try FuzzDrivers.teacherCache(data)
             }
             return .accepted
         } catch {
@@ -187,6 +189,25 @@ enum FuzzDrivers {
         guard let spec else { return }
         let device = FuzzEnvironment.device
         _ = try PEFTAdapter.tensors(directory: directory, spec: spec) { _ in device }
+    }
+
+    /// manifest.json, then the shards it names, in its order (a shard absent when the input has
+    /// fewer parts); every cached row of every split is then read, as training reads them.
+    static func teacherCache(_ data: Data) throws {
+        let parts = parts(data)
+        let directory = (FuzzEnvironment.write(parts[0], to: "cache/\(TeacherCache.manifestName)") as NSString).deletingLastPathComponent
+        for name in (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? [] where name != TeacherCache.manifestName {
+            try? FileManager.default.removeItem(atPath: (directory as NSString).appendingPathComponent(name))
+        }
+        let manifest = try? JSONDecoder().decode(TeacherCache.Manifest.self, from: parts[0])
+        let files = (manifest?.splits.keys.sorted() ?? []).flatMap { manifest!.splits[$0]!.shards.map(\.file) }
+        for (file, bytes) in zip(files, parts.dropFirst()) where !file.contains("/") && !file.hasPrefix(".") && file.count < 200 {
+            _ = FuzzEnvironment.write(bytes, to: "cache/\(file)")
+        }
+        let cache = try TeacherCache(directory: directory)
+        for split in cache.manifest.splits.keys.sorted() {
+            _ = try cache.rows(split: split, lines: cache.lines(of: split))
+        }
     }
 
     static func trainerState(_ data: Data) throws {

@@ -207,6 +207,11 @@ public final class TeacherCache: @unchecked Sendable {
 
     // MARK: Reading rows
 
+    /// The JSONL lines of a split's examples, in cache order.
+    public func lines(of split: String) -> [Int] {
+        (index[split] ?? [:]).sorted { ($0.value.shard, $0.value.row) < ($1.value.shard, $1.value.row) }.map(\.key)
+    }
+
     /// The cached rows of a batch's examples (by JSONL line), in the batch's order. Each row's ids
     /// are checked (below the vocabulary, distinct) and its values (finite, tail not +∞ or NaN).
     public func rows(split: String, lines: [Int]) throws -> TopKRows {
