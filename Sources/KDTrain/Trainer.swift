@@ -64,7 +64,8 @@ public struct RunModels {
     /// vocabulary).
     public static func load(_ config: RunConfig, cache: TeacherCache? = nil, onLoad: (String) -> Void = { _ in }) throws -> RunModels {
         try config.requireModelPaths()
-        let budget = ComputeBudget(config)
+        // Without a live teacher there is nothing to run beside the student: it gets every core.
+        let budget = cache == nil ? ComputeBudget(config) : ComputeBudget(threads: config.run.threads, concurrency: .off)
         BLAS.threads = budget.threads
         let plan = try MemoryPlan(config: config)
         if !plan.fits {
