@@ -87,6 +87,34 @@ import KDCore
     }
 }
 
+extension MemoryPlanMeasuredTests {
+    /// Trained from a teacher cache (K = 64), only the student's device holds anything, and the
+    /// plan (which then places the student alone, its loss chunk beside its own logits) is within
+    /// 10% of its measured peak too.
+    @Test(arguments: [true, false])
+    func planMatchesTheMeasuredPeaksFromACache(checkpointing: Bool) throws {
+        let dir = KDProcess.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let live = try Self.makeRun(dir, moe: false) + ["--set", "train.activation_checkpointing=\(checkpointing)"]
+        let cached = try KDProcess.run(["teacher-cache"] + live + ["--top-k", "64", "--output", dir + "/cache"])
+        #expect(cached.status == 0, "\(cached.stderr)")
+        let run = live + ["--set", "data.teacher_cache=\(dir)/cache", "--set", "teacher.path="]
+        let planned = try KDProcess.run(["plan"] + run)
+        #expect(planned.status == 0, "\(planned.stderr)")
+        let plan = (KDProcess.json(planned.stdout)["devices"] as? [[String: Any]] ?? []).map { $0["total_bytes"] as? Int ?? -1 }
+        let trained = try KDProcess.run(["train"] + run)
+        #expect(trained.status == 0, "\(trained.stderr)")
+        let lines = ActivationCheckpointingTests.lines(trained.stdout)
+        try #require(lines.count == 2 && plan.count == 2)
+        let measured = lines.compactMap { $0["device_peak_bytes"] as? [Int] }.reduce([0, 0]) { zip($0, $1).map(Swift.max) }
+        print("cached teacher, checkpointing \(checkpointing ? "on" : "off"): plan \(plan) measured \(measured) ratio "
+            + String(format: "%.4f", Double(plan[1]) / Double(measured[1])))
+        #expect(plan[0] == 0 && measured[0] == 0)
+        #expect(measured[1] > 4 << 20)
+        #expect(abs(plan[1] - measured[1]) * 10 <= measured[1], "plan \(plan[1]) vs measured \(measured[1])")
+    }
+}
+
 /// `kd plan` names the dtype each device's weights are stored in (from the safetensors headers,
 /// else config.json's torch_dtype) and the dtype kd holds them in (`teacher.dtype`,
 /// `student.dtype`), whose size the parameter bytes follow.
