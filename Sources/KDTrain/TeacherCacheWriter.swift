@@ -210,8 +210,8 @@ public enum TeacherCacheWriter {
             let summary = summariseRow(logits + row * stride, vocab: vocab, k: k, temperature: temperature, ids: ids + row * k,
                                        logits: top + row * k)
             finite[row] = summary != nil
-            let values = summary ?? [0, 0, 0, 0]
-            for i in 0..<4 { sums[i * rows + row] = values[i] }
+            let values = summary ?? (0, 0, 0, 0)
+            (sums[row], sums[rows + row], sums[2 * rows + row], sums[3 * rows + row]) = values
         }
         if threads > 1 && rows > 1 {
             DispatchQueue.concurrentPerform(iterations: rows, execute: work)
@@ -231,10 +231,12 @@ public enum TeacherCacheWriter {
         return out
     }
 
-    /// One row: the top-K ids and logits (descending, ties to the smaller id), then [log-sum-exp,
-    /// log tail mass] at T = 1 and at `temperature`; nil when a logit is not finite. The row is scratch.
+    /// One row: the top-K ids and logits (descending, ties to the smaller id), then the log-sum-exp
+    /// and log tail mass at T = 1 and at `temperature`; nil when a logit is not finite. The row is
+    /// scratch; nothing is allocated.
     static func summariseRow(_ t: UnsafeMutablePointer<Float>, vocab n: Int, k: Int, temperature: Float,
-                             ids: UnsafeMutablePointer<Int32>, logits top: UnsafeMutablePointer<Float>) -> [Float]? {
+                             ids: UnsafeMutablePointer<Int32>, logits top: UnsafeMutablePointer<Float>)
+        -> (Float, Float, Float, Float)? {
         // A min-heap of the best K so far, worst at the root; ids arrive ascending, so an equal
         // logit never displaces an earlier (smaller) id.
         var count = 0
@@ -273,25 +275,27 @@ public enum TeacherCacheWriter {
                 siftDown(0)
             }
         }
-        // Descending order, ties to the smaller id.
-        var order = Array(0..<k)
-        order.sort { top[$0] > top[$1] || (top[$0] == top[$1] && ids[$0] < ids[$1]) }
-        let sortedLogits = order.map { top[$0] }, sortedIDs = order.map { ids[$0] }
-        for j in 0..<k { (top[j], ids[j]) = (sortedLogits[j], sortedIDs[j]) }
+        // Heapsort in place: the worst moves to the end each time, leaving the best first
+        // (descending logit, ties to the smaller id).
+        while count > 1 {
+            count -= 1
+            swap(0, count)
+            siftDown(0)
+        }
         // At each temperature: the K ids' sum, then the tail's with the K ids masked out.
-        var out: [Float] = []
-        for (pass, scale) in [Float(1), 1 / temperature].enumerated() {
+        func sums(_ scale: Float, mask: Bool) -> (logSumExp: Float, tail: Float) {
             var support = 0.0
             for j in 0..<k {
                 support += Foundation.exp(Double(top[j] - maximum) * Double(scale))
-                if pass == 0 { t[Int(ids[j])] = -.greatestFiniteMagnitude }
+                if mask { t[Int(ids[j])] = -.greatestFiniteMagnitude }
             }
             let rest = k == n ? 0 : tailSum(t, count: n, maximum: maximum, scale: scale)
             let total = support + rest
-            out.append(Float(Double(maximum) * Double(scale) + Foundation.log(total)))
-            out.append(k < n ? Float(Foundation.log(rest) - Foundation.log(total)) : -.infinity)
+            return (Float(Double(maximum) * Double(scale) + Foundation.log(total)),
+                    k < n ? Float(Foundation.log(rest) - Foundation.log(total)) : -.infinity)
         }
-        return out
+        let one = sums(1, mask: true), tempered = sums(1 / temperature, mask: false)
+        return (one.logSumExp, one.tail, tempered.logSumExp, tempered.tail)
     }
 
     /// Σ e^((t_v − max)·scale) over a row whose cached ids are masked: f32 lanes over blocks of
