@@ -10,8 +10,9 @@ struct TeacherCacheCommand: KDCommand {
         abstract: "Run the teacher once over the run's data and cache its top-K logits for training without it.",
         discussion: """
             For every scored token of data.train (and data.eval when set) writes the teacher's K most likely token \
-            ids, their raw logits, the log-sum-exp of the whole row and the log of the probability outside the K \
-            ids, in safetensors shards with a manifest (teacher fingerprint, data fingerprint, K). Train from it \
+            ids, their raw logits, and the log-sum-exp of the whole row and the log of the probability outside the K \
+            ids, both at temperature 1 and at distill.temperature, in safetensors shards with a manifest (teacher \
+            fingerprint, data fingerprint, K, temperature). Train from it \
             with data.teacher_cache: DIR (README, "Offline teacher cache"). Each shard is written whole or not at \
             all: run the same command again to finish an interrupted cache. Prints a JSON summary on stdout.
             """)
