@@ -2,13 +2,15 @@
 // products too short to pay a scheduler's wake-up: a decoded token of Qwen3-0.6B makes ~200
 // matrix-vector products of 50-300 µs each, and handing each to Dispatch cost a second core more
 // than it gave (2 threads decoded no faster than 1; see Scripts/bench-generate.sh). A helper
-// spins for a while after its part, so the next job of the token finds it awake, then sleeps on
+// spins for 200 µs after its part, so the next job of the token finds it awake, then sleeps on
 // a condition variable. One job at a time: a caller that finds the pool busy (another model's
 // thread) runs all its parts itself. Which rows a part covers never depends on the threads, so
 // neither do the results.
 #include "ckernels.h"
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
+#include <time.h>
 #if defined(__x86_64__)
 #include <immintrin.h>
 #define PAUSE() _mm_pause()
@@ -16,35 +18,64 @@
 #define PAUSE() ((void)0)
 #endif
 
-enum { MAX_HELPERS = 63, SPIN = 1 << 15 };  // 32k pauses: some tens of microseconds
+enum { MAX_HELPERS = 63 };
+// How long a helper spins for the next job before it sleeps: longer than the gaps between a
+// decoded token's products (attention, norms, sampling: up to ~100 µs for Qwen3-0.6B here), short
+// enough not to take a core from another model's thread for long. A pause lasts from ~10 to ~50 ns
+// depending on the CPU, so the spin is timed by the clock, not counted.
+static const long SPIN_NS = 200000;
+
+static long now_ns(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec * 1000000000L + t.tv_nsec;
+}
 
 static pthread_mutex_t busy = PTHREAD_MUTEX_INITIALIZER;     // held by the job's caller
 static pthread_mutex_t sleeping = PTHREAD_MUTEX_INITIALIZER;  // guards sleepers and the wake-up
 static pthread_cond_t wake = PTHREAD_COND_INITIALIZER;
 static int sleepers;
 static int helpers;  // started so far (under busy)
-// Helper i (1-based) runs part i of job number ticket[i] when it changes, then sets done[i] to it.
-static atomic_long ticket[MAX_HELPERS + 1], done[MAX_HELPERS + 1];
-static long jobs;  // under busy
+// The job's number (high 32 bits) and the next part to claim (low 32): whoever claims a part runs
+// it, the caller included, so a helper that is not running (the host busy with other processes)
+// never holds the caller up; a part is claimed only while its job is current.
+static atomic_long posted;  // the number of the newest job, for helpers to wake on
+static atomic_ullong claim;
+static atomic_int finished;  // parts of the current job that have returned
 static void (*job_fn)(void *, int);
 static void *job_context;
+static atomic_int job_parts;  // read by late helpers of the previous job, hence atomic
+
+// Claims and runs parts of job `job` until none is left.
+static void run_claimed(unsigned long long job) {
+    unsigned long long value = atomic_load_explicit(&claim, memory_order_acquire);
+    for (;;) {
+        if (value >> 32 != job || (value & 0xFFFFFFFFu) >= (unsigned long long)atomic_load_explicit(&job_parts, memory_order_relaxed)) return;
+        if (!atomic_compare_exchange_weak_explicit(&claim, &value, value + 1, memory_order_acq_rel, memory_order_acquire)) continue;
+        job_fn(job_context, (int)(value & 0xFFFFFFFFu));
+        atomic_fetch_add_explicit(&finished, 1, memory_order_release);
+        value = atomic_load_explicit(&claim, memory_order_acquire);
+    }
+}
 
 static void *helper(void *argument) {
-    int part = (int)(long)argument;
+    (void)argument;
     long seen = 0;
     for (;;) {
-        long now = seen;
-        for (int i = 0; i < SPIN && (now = atomic_load_explicit(&ticket[part], memory_order_acquire)) == seen; i++) PAUSE();
+        long now = seen, start = now_ns();
+        for (int i = 1; (now = atomic_load_explicit(&posted, memory_order_acquire)) == seen; i++) {
+            PAUSE();
+            if (i % 256 == 0 && now_ns() - start > SPIN_NS) break;
+        }
         if (now == seen) {
             pthread_mutex_lock(&sleeping);
             sleepers++;
-            while ((now = atomic_load_explicit(&ticket[part], memory_order_acquire)) == seen) pthread_cond_wait(&wake, &sleeping);
+            while ((now = atomic_load_explicit(&posted, memory_order_acquire)) == seen) pthread_cond_wait(&wake, &sleeping);
             sleepers--;
             pthread_mutex_unlock(&sleeping);
         }
         seen = now;
-        job_fn(job_context, part);
-        atomic_store_explicit(&done[part], now, memory_order_release);
+        run_claimed((unsigned long long)now);
     }
     return 0;
 }
@@ -56,21 +87,26 @@ void kd_run_parts(int parts, void (*fn)(void *context, int part), void *context)
     }
     while (helpers < parts - 1 && helpers < MAX_HELPERS) {
         pthread_t thread;
-        if (pthread_create(&thread, 0, helper, (void *)(long)(helpers + 1)) != 0) break;
+        if (pthread_create(&thread, 0, helper, 0) != 0) break;
         pthread_detach(thread);
         helpers++;
     }
-    int helped = parts - 1 < helpers ? parts - 1 : helpers;
-    long job = ++jobs;
+    long job = atomic_load_explicit(&posted, memory_order_relaxed) + 1;
     job_fn = fn;
     job_context = context;
-    for (int i = 1; i <= helped; i++) atomic_store_explicit(&ticket[i], job, memory_order_release);
+    atomic_store_explicit(&job_parts, parts, memory_order_relaxed);
+    atomic_store_explicit(&finished, 0, memory_order_relaxed);
+    atomic_store_explicit(&claim, (unsigned long long)job << 32, memory_order_release);
+    atomic_store_explicit(&posted, job, memory_order_release);
     pthread_mutex_lock(&sleeping);
     if (sleepers > 0) pthread_cond_broadcast(&wake);
     pthread_mutex_unlock(&sleeping);
-    fn(context, 0);
-    for (int part = helped + 1; part < parts; part++) fn(context, part);  // parts without a helper
-    for (int i = 1; i <= helped; i++)
-        while (atomic_load_explicit(&done[i], memory_order_acquire) != job) PAUSE();
+    run_claimed((unsigned long long)job);
+    // Parts claimed by helpers are running; wait for them, yielding the core after a while in case
+    // a helper was descheduled mid-part.
+    long start = now_ns();
+    for (int i = 1; atomic_load_explicit(&finished, memory_order_acquire) < parts; i++) {
+        if (i % 256 == 0 && now_ns() - start > 50000) sched_yield(); else PAUSE();
+    }
     pthread_mutex_unlock(&busy);
 }

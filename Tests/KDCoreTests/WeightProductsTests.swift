@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 @testable import KDCore
+import CKernels
 
 /// Products with a weight held as bf16 are the products with the same weight held as f32: bit for
 /// bit in the panelled sgemm paths (several rows); in the single-row paths (sgemv and the bf16
@@ -108,5 +109,31 @@ import Testing
         let w = w32.toArray()
         let want = ids.flatMap { w[($0 * 19)..<($0 * 19 + 19)] }
         #expect(from32 == want && from16 == want)
+    }
+}
+
+/// CKernels' helper-thread pool (`kd_run_parts`): every part of every job runs exactly once and
+/// has returned when the call returns, with two callers at once (one of them finds the pool busy
+/// and runs its parts itself) and part counts above and below the helpers started so far.
+@Suite struct HelperPoolTests {
+    @Test func everyPartRunsOnceBeforeTheCallReturns() async {
+        await withTaskGroup(of: Bool.self) { group in
+            for caller in 0..<2 {
+                group.addTask {
+                    let counts = UnsafeMutablePointer<Int>.allocate(capacity: 8)
+                    defer { counts.deallocate() }
+                    for job in 0..<3000 {
+                        let parts = 1 + (job + caller) % 8
+                        counts.initialize(repeating: 0, count: 8)
+                        kd_run_parts(Int32(parts), { context, part in
+                            context!.assumingMemoryBound(to: Int.self)[Int(part)] += 1
+                        }, counts)
+                        for part in 0..<8 where counts[part] != (part < parts ? 1 : 0) { return false }
+                    }
+                    return true
+                }
+            }
+            for await ok in group { #expect(ok) }
+        }
     }
 }
