@@ -57,24 +57,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from make_divergence_fixtures import ALPHA, BETAS, ROOT, ROWS, TEMPERATURES, VOCAB, case, divergence, kl  # noqa: E402
+from make_divergence_fixtures import ALPHA, BETAS, ROOT, ROWS, TEMPERATURES, VOCAB, case, divergence, inputs, kl  # noqa: E402
 
 KS = [1, 7, VOCAB]
 CACHE_TEMPERATURE = 2.0  # T_c: the distill.temperature the fixture's cache was made at
 TEMPERED = [("forward_kl", None), ("reverse_kl", None)] + [("jsd", b) for b in BETAS]  # the .T2c cases
-
-
-def inputs():
-    """make_divergence_fixtures.main's teacher, student and labels (same generator, same order)."""
-    generator = torch.Generator().manual_seed(7)
-    # f32 values, held in float64 for the reference.
-    teacher = (torch.randn(ROWS, VOCAB, generator=generator) * 3).float().double()
-    student = (torch.randn(ROWS, VOCAB, generator=generator) * 3).float().double()
-    labels = torch.randint(0, VOCAB, (ROWS,), generator=generator)
-    labels[1] = -100
-    labels[4] = -100
-    labels[6] = VOCAB - 1
-    return teacher, student, labels
 
 
 def tail_mask(ids):

@@ -78,15 +78,21 @@ def check_trl(teacher, student, labels, beta, temperature, mean_d):
     print(f"jsd beta={beta} T={temperature}: TRL generalized_jsd_loss agrees ({difference:.1e})")
 
 
-def main():
+def inputs():
+    """The random teacher and student logits (f32 values, held in float64 for the reference) and
+    the labels, two of them -100 (also read by make_cached_divergence_fixtures.py)."""
     generator = torch.Generator().manual_seed(7)
-    # f32 values, held in float64 for the reference.
     teacher = (torch.randn(ROWS, VOCAB, generator=generator) * 3).float().double()
     student = (torch.randn(ROWS, VOCAB, generator=generator) * 3).float().double()
     labels = torch.randint(0, VOCAB, (ROWS,), generator=generator)
     labels[1] = -100
     labels[4] = -100
     labels[6] = VOCAB - 1
+    return teacher, student, labels
+
+
+def main():
+    teacher, student, labels = inputs()
     tensors = {"teacher": teacher.float(), "student": student.float(), "labels": labels.to(torch.int64)}
     for temperature in TEMPERATURES:
         for name, beta in [("forward_kl", None), ("reverse_kl", None)] + [("jsd", b) for b in BETAS]:
