@@ -55,11 +55,9 @@ import KDCore
         return ["--config", dir + "/run.yaml"]
     }
 
-    @Test(arguments: [(false, true), (false, false), (true, true), (true, false)])
-    func planMatchesTheMeasuredPeaks(moe: Bool, checkpointing: Bool) throws {
-        let dir = KDProcess.temporaryDirectory()
-        defer { try? FileManager.default.removeItem(atPath: dir) }
-        let run = try Self.makeRun(dir, moe: moe) + ["--set", "train.activation_checkpointing=\(checkpointing)"]
+    /// `kd plan`'s total_bytes per device, then `kd train`'s two metrics lines' largest
+    /// device_peak_bytes per device, for a run of `makeRun` (two devices).
+    static func planAndMeasure(_ run: [String]) throws -> (plan: [Int], measured: [Int]) {
         let planned = try KDProcess.run(["plan"] + run)
         #expect(planned.status == 0, "\(planned.stderr)")
         let plan = (KDProcess.json(planned.stdout)["devices"] as? [[String: Any]] ?? []).map { $0["total_bytes"] as? Int ?? -1 }
@@ -74,6 +72,15 @@ import KDCore
             measured = zip(measured, peaks).map { Swift.max($0, $1) }
         }
         try #require(plan.count == 2)
+        return (plan, measured)
+    }
+
+    @Test(arguments: [(false, true), (false, false), (true, true), (true, false)])
+    func planMatchesTheMeasuredPeaks(moe: Bool, checkpointing: Bool) throws {
+        let dir = KDProcess.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let run = try Self.makeRun(dir, moe: moe) + ["--set", "train.activation_checkpointing=\(checkpointing)"]
+        let (plan, measured) = try Self.planAndMeasure(run)
         let name = "\(moe ? "MoE" : "dense") teacher, checkpointing \(checkpointing ? "on" : "off")"
         for device in 0..<2 {
             let ratio = Double(plan[device]) / Double(measured[device])
@@ -98,15 +105,7 @@ extension MemoryPlanMeasuredTests {
         let live = try Self.makeRun(dir, moe: false) + ["--set", "train.activation_checkpointing=\(checkpointing)"]
         let cached = try KDProcess.run(["teacher-cache"] + live + ["--top-k", "64", "--output", dir + "/cache"])
         #expect(cached.status == 0, "\(cached.stderr)")
-        let run = live + ["--set", "data.teacher_cache=\(dir)/cache", "--set", "teacher.path="]
-        let planned = try KDProcess.run(["plan"] + run)
-        #expect(planned.status == 0, "\(planned.stderr)")
-        let plan = (KDProcess.json(planned.stdout)["devices"] as? [[String: Any]] ?? []).map { $0["total_bytes"] as? Int ?? -1 }
-        let trained = try KDProcess.run(["train"] + run)
-        #expect(trained.status == 0, "\(trained.stderr)")
-        let lines = ActivationCheckpointingTests.lines(trained.stdout)
-        try #require(lines.count == 2 && plan.count == 2)
-        let measured = lines.compactMap { $0["device_peak_bytes"] as? [Int] }.reduce([0, 0]) { zip($0, $1).map(Swift.max) }
+        let (plan, measured) = try Self.planAndMeasure(live + ["--set", "data.teacher_cache=\(dir)/cache", "--set", "teacher.path="])
         print("cached teacher, checkpointing \(checkpointing ? "on" : "off"): plan \(plan) measured \(measured) ratio "
             + String(format: "%.4f", Double(plan[1]) / Double(measured[1])))
         #expect(plan[0] == 0 && measured[0] == 0)
