@@ -35,6 +35,12 @@ public enum WeightProducts {
         }
     }
 
+    /// y[rows, out] = x[rows, in] · Wᵀ for a MoE expert's few rows, run beside other experts'
+    /// products (`SparseMoE`); for now `linear`.
+    public static func expertLinear(_ x: UnsafePointer<Float>, rows: Int, weight: Tensor, into y: UnsafeMutablePointer<Float>) throws {
+        try linear(x, rows: rows, weight: weight, into: y)
+    }
+
     /// dx[rows, in] = dy[rows, out] · W, plus dx when `accumulate`.
     public static func backward(_ dy: UnsafePointer<Float>, rows: Int, weight: Tensor, into dx: UnsafeMutablePointer<Float>,
                                 accumulate: Bool) throws {

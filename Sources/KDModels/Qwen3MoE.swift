@@ -70,13 +70,25 @@ public struct Qwen3MoEConfiguration: ModelConfiguration {
 
 /// Qwen3-MoE's sparse block: a router picks `topK` of the experts per token from a softmax over
 /// all of them (in f32), optionally renormalises their weights, and sums the chosen experts'
-/// SwiGLU outputs. Tokens are routed in batches: each expert gathers its tokens and runs one
-/// sgemm per projection.
+/// SwiGLU outputs.
+///
+/// Tokens go through in blocks of `tokenBlock`. In a block the (token, expert) pairs are sorted by
+/// expert once (tokens ascending within an expert) and gathered into one matrix, so each expert's
+/// rows are contiguous; the experts then run their three products on those rows, several experts
+/// at once on the helper threads (`Parallel.parts`), each product single-threaded
+/// (`WeightProducts.expertLinear`); finally every token sums its experts' outputs, weighted, in
+/// ascending expert order. No expert's result depends on another's or on the thread count, so
+/// neither do the bits.
 public final class SparseMoE {
     public let router: Tensor  // [experts, hidden], the checkpoint's mlp.gate.weight
     public let experts: [MLP]
     public let topK: Int
     public let normalizeTopK: Bool
+
+    /// Tokens routed at once: enough that an expert sees ~`tokenBlock`·topK/experts rows (32 for
+    /// Qwen3-30B-A3B), few enough that the block's gathered rows, gate and up (topK·(hidden +
+    /// 2·intermediate) floats per token, 115 KiB there) stay small beside the weights.
+    public static let tokenBlock = 512
 
     public init(router: Tensor, experts: [MLP], topK: Int, normalizeTopK: Bool) {
         self.router = router
@@ -86,11 +98,11 @@ public final class SparseMoE {
     }
 
     /// For each token, the chosen experts and their weights, from the router's softmax.
-    func route(_ x: Tensor, rows: Int) throws -> (experts: [Int32], weights: [Float]) {
+    func route(_ x: UnsafePointer<Float>, rows: Int, on device: Device) throws -> (experts: [Int32], weights: [Float]) {
         let count = experts.count
         let hidden = router.shape[1]
-        let probabilities = try Tensor(uninitializedShape: [rows, count], on: x.device)
-        BLAS.linear(x.data, rows: rows, inFeatures: hidden, weight: router.data, outFeatures: count, into: probabilities.data)
+        let probabilities = try Tensor(uninitializedShape: [rows, count], on: device)
+        BLAS.linear(x, rows: rows, inFeatures: hidden, weight: router.data, outFeatures: count, into: probabilities.data)
         var chosen = [Int32](repeating: 0, count: rows * topK)
         var weights = [Float](repeating: 0, count: rows * topK)
         for t in 0..<rows {
@@ -115,29 +127,68 @@ public final class SparseMoE {
 
     public func forward(_ x: Tensor, rows: Int) throws -> Tensor {
         let hidden = router.shape[1]
-        let (chosen, weights) = try route(x, rows: rows)
-        // Group the (token, weight) pairs by expert, in token order.
-        var tokensOf = [[Int]](repeating: [], count: experts.count)
-        var weightsOf = [[Float]](repeating: [], count: experts.count)
+        let out = try Tensor.zeros([rows, hidden], on: x.device)
+        for first in stride(from: 0, to: rows, by: Self.tokenBlock) {
+            try forwardBlock(x.data + first * hidden, rows: min(Self.tokenBlock, rows - first), on: x.device,
+                             into: out.data + first * hidden)
+        }
+        return out
+    }
+
+    /// out[rows, hidden] += the block's expert outputs (out holds zeros on entry).
+    func forwardBlock(_ x: UnsafePointer<Float>, rows: Int, on device: Device, into out: UnsafeMutablePointer<Float>) throws {
+        let hidden = router.shape[1]
+        let size = experts.first?.gateProj.outFeatures ?? 0
+        let (chosen, weights) = try route(x, rows: rows, on: device)
+        // Sort the pairs by expert (a counting sort keeps tokens ascending within an expert).
+        let pairs = rows * topK
+        var first = [Int](repeating: 0, count: experts.count + 1)
+        for e in chosen { first[Int(e) + 1] += 1 }
+        for e in 0..<experts.count { first[e + 1] += first[e] }
+        var next = first
+        var position = [Int](repeating: 0, count: pairs)  // pair (token, slot) → its row among the sorted pairs
+        let gathered = try Tensor(uninitializedShape: [pairs, hidden], on: device)
         for t in 0..<rows {
             for slot in 0..<topK {
                 let e = Int(chosen[t * topK + slot])
-                tokensOf[e].append(t)
-                weightsOf[e].append(weights[t * topK + slot])
+                position[t * topK + slot] = next[e]
+                (gathered.data + next[e] * hidden).update(from: x + t * hidden, count: hidden)
+                next[e] += 1
             }
         }
-        let out = try Tensor.zeros([rows, hidden], on: x.device)
-        for (e, expert) in experts.enumerated() where !tokensOf[e].isEmpty {
-            let tokens = tokensOf[e]
-            let gathered = try Tensor(uninitializedShape: [tokens.count, hidden], on: x.device)
-            for (i, t) in tokens.enumerated() {
-                (gathered.data + i * hidden).update(from: x.data + t * hidden, count: hidden)
-            }
-            let y = try expert.forward(gathered, rows: tokens.count)
-            for (i, t) in tokens.enumerated() {
-                Kernels.axpy(weightsOf[e][i], y.data + i * hidden, into: out.data + t * hidden, count: hidden)
+        // Each expert: gate and up of its rows, SwiGLU into gate, down into its gathered rows.
+        let gate = try Tensor(uninitializedShape: [pairs, size], on: device)
+        let up = try Tensor(uninitializedShape: [pairs, size], on: device)
+        let parts = Parallel.balancedRanges(first, parts: BLAS.threads)
+        var failure: Error?
+        let lock = NSLock()
+        Parallel.parts(parts.count) { part in
+            do {
+                for e in parts[part] where first[e + 1] > first[e] {
+                    let (row, count) = (first[e], first[e + 1] - first[e])
+                    let expert = experts[e]
+                    let input = gathered.data + row * hidden, g = gate.data + row * size, u = up.data + row * size
+                    try WeightProducts.expertLinear(input, rows: count, weight: expert.gateProj.weight, into: g)
+                    try WeightProducts.expertLinear(input, rows: count, weight: expert.upProj.weight, into: u)
+                    Kernels.swiglu(gate: g, up: u, into: g, count: count * size)
+                    try WeightProducts.expertLinear(g, rows: count, weight: expert.downProj.weight, into: gathered.data + row * hidden)
+                }
+            } catch {
+                lock.withLock { failure = failure ?? error }
             }
         }
-        return out
+        if let failure { throw failure }
+        // Each token: its experts' outputs, weighted, in ascending expert order.
+        Parallel.parts(min(BLAS.threads, rows)) { part in
+            var slots = [Int](repeating: 0, count: topK)
+            for t in Parallel.range(part, of: min(BLAS.threads, rows), count: rows) {
+                for slot in 0..<topK { slots[slot] = slot }
+                slots.sort { chosen[t * topK + $0] < chosen[t * topK + $1] }
+                for slot in slots {
+                    Kernels.axpy(weights[t * topK + slot], gathered.data + position[t * topK + slot] * hidden,
+                                 into: out + t * hidden, count: hidden)
+                }
+            }
+        }
     }
 }

@@ -12,9 +12,9 @@ import KDModels
 /// per LoRA parameter), and the activations alive at the device's peak, f32 per token of the
 /// batch (train.batch_size × data.max_seq_len), the largest over the phases of a step:
 /// - a teacher's device: the forward through a layer (the residual stream, the norm output, the
-///   attention output and the feed-forward's gate, up and output, a MoE block counted as if every
-///   token went to one expert; or q, k, v and the attention output beside one max_seq_len² score
-///   matrix), and at its head the final hidden states with one chunk of rows and of logits;
+///   attention output and the feed-forward's gate, up and output, a MoE block's output and, for
+///   one block of tokens, every routed copy's gathered row, gate and up; or q, k, v and the
+///   attention output beside one max_seq_len² score matrix), and at its head the final hidden states with one chunk of rows and of logits;
 /// - a student layer saves what its backward reads (`savedPerToken`: q, k before and after their
 ///   norms and rope, v, the attention output, the input and middle residuals, gate and up, each
 ///   adapter's A·x and input, the heads' and rows' 1/rms); all layers' sets
@@ -180,7 +180,7 @@ public struct MemoryPlan: Sendable {
                         savedInputs += Double(spec.hiddenSize)
                         largestSaved = Swift.max(largestSaved, saved)
                     }
-                    largestTransient = Swift.max(largestTransient, MemoryPlan.transientPerToken(spec, layer: layer, training: training))
+                    largestTransient = Swift.max(largestTransient, MemoryPlan.transient(spec, layer: layer, training: training, tokens: tokens))
                 }
                 let hidden = Double(spec.hiddenSize), sequence = Double(config.data.maxSeqLen)
                 let chunk = Swift.min(tokens, Double(config.distill.chunkTokens)), vocab = Double(spec.vocabSize)
@@ -190,14 +190,14 @@ public struct MemoryPlan: Sendable {
                     if !training {
                         // Forward: the residual stream and one layer's transients (or one score matrix);
                         // at the head the final hidden states, and one chunk of rows and of logits.
-                        let layers = stage.layers.isEmpty ? 0 : tokens * largestTransient + sequence * sequence
+                        let layers = stage.layers.isEmpty ? 0 : largestTransient + sequence * sequence
                         let head = stage.holdsHead ? Swift.max(2 * tokens * hidden, tokens * hidden + chunk * (hidden + vocab)) : 0
                         return Swift.max(layers, head)
                     }
                     // Backward through a layer: what is saved, the gradient flowing in and out, the final
                     // norm's input and output and d(hidden) (or their stand-ins on an earlier stage), and
                     // the layer's backward transients.
-                    let backward = tokens * (saved + 4 * hidden + largestTransient)
+                    let backward = tokens * (saved + 4 * hidden) + largestTransient
                     guard stage.holdsHead else { return backward }
                     // The loss: the student's logits of a chunk and the teacher's (two of them, in use and
                     // arriving, when the teacher runs concurrently), its rows and their gradient, beside
@@ -243,20 +243,23 @@ public struct MemoryPlan: Sendable {
         return attention + residuals + 2 * size + ranks + inputs
     }
 
-    /// f32 values per token a layer holds at once beyond the residual stream at its busiest: in a
-    /// forward pass the norm output, the attention output and the feed-forward's gate, up and output
-    /// (a MoE block: its output, and an expert's gathered rows, gate, up and output, at most every
-    /// token routed to one expert), or the attention's projections; in training the backward's
-    /// d(activation), d(input) and an adapter's d(input) and dropout mask.
-    static func transientPerToken(_ spec: ModelSpec, layer: Int, training: Bool) -> Double {
+    /// f32 values a layer holds at once for `tokens` tokens beyond the residual stream at its
+    /// busiest: in a forward pass the norm output, the attention output and the feed-forward's gate,
+    /// up and output (a MoE block: its output, and for one block of `SparseMoE.tokenBlock` tokens
+    /// the router's probabilities and every routed copy's gathered row, gate and up), or the
+    /// attention's projections; in training the backward's d(activation), d(input) and an adapter's
+    /// d(input) and dropout mask.
+    static func transient(_ spec: ModelSpec, layer: Int, training: Bool, tokens: Double) -> Double {
         let q = spec.numHeads * spec.headDim, kv = spec.numKVHeads * spec.headDim, hidden = spec.hiddenSize
-        let attention = hidden + 2 * q + 2 * kv + hidden
-        let feedForward: Int
+        let attention = Double(hidden + 2 * q + 2 * kv + hidden) * tokens
+        let feedForward: Double
         switch spec.feedForward[layer] {
-        case .dense(let size): feedForward = training ? hidden + 3 * size : 3 * hidden + 2 * size
-        case .sparse(let experts, _, let size, _): feedForward = 3 * hidden + Swift.max(experts, 2 * hidden + 2 * size)
+        case .dense(let size): feedForward = Double(training ? hidden + 3 * size : 3 * hidden + 2 * size) * tokens
+        case .sparse(let experts, let topK, let size, _):
+            let block = Swift.min(tokens, Double(SparseMoE.tokenBlock))
+            feedForward = Double(3 * hidden) * tokens + Double(experts + topK * (hidden + 2 * size)) * block
         }
-        return Double(training ? feedForward : hidden + Swift.max(attention, feedForward))
+        return training ? feedForward : Double(hidden) * tokens + Swift.max(attention, feedForward)
     }
 
     /// The largest byte count a plan reports (1 EiB): three of them still add up within Int.
