@@ -115,6 +115,17 @@ public final class CausalLM {
         didSet { for layer in layers { layer.keep = activationCheckpointing ? .input : .all } }
     }
 
+    /// Where the model reports its time, when set: `forward` (the layers of `hiddenStates`),
+    /// `head` (the output projection and its backward), `recompute` (the layers' second forward
+    /// under activation checkpointing) and `backward` (the rest of the layers' backward).
+    public var timing: PhaseTimes.Scope?
+
+    /// Runs `body`, timed as `phase` of `timing` when the model has one.
+    public func timed<T>(_ phase: String, _ body: () throws -> T) rethrows -> T {
+        guard let timing else { return try body() }
+        return try timing.time(phase, body)
+    }
+
     /// What a training forward keeps for backward beyond the layers' own saved activations.
     private var trainingState: (context: ForwardContext, finalInput: Tensor, finalInverseRMS: Tensor)?
 
@@ -125,8 +136,10 @@ public final class CausalLM {
         try checkTokens(batch)
         let context = ForwardContext(batch: batch, headDim: spec.headDim, ropeTheta: spec.ropeTheta)
         let hidden = spec.hiddenSize
-        let input = try throughLayers(embed(batch.inputIDs.map(Int.init))) { layer, x in
-            try layer.forward(x, context: context, training: training)
+        let input = try timed("forward") {
+            try throughLayers(embed(batch.inputIDs.map(Int.init))) { layer, x in
+                try layer.forward(x, context: context, training: training)
+            }
         }
         let (normed, inverseRMS) = try lastDevice.run { [self] in
             let normed = try Tensor(uninitializedShape: input.shape, on: lastDevice)
@@ -190,7 +203,8 @@ public final class CausalLM {
             let gradient = dx
             try device.run { [self] in
                 for layer in layers[stage.layers].reversed() {
-                    try layer.backward(gradient, context: state.context, inputGradient: layer.index > 0)
+                    try timed("recompute") { try layer.recompute(context: state.context) }
+                    try timed("backward") { try layer.backward(gradient, context: state.context, inputGradient: layer.index > 0) }
                 }
             }
         }
@@ -198,12 +212,12 @@ public final class CausalLM {
 
     /// Logits [rows, vocab] for the given rows of final hidden states, on the last device.
     public func project(_ hidden: UnsafePointer<Float>, rows: Int, into logits: UnsafeMutablePointer<Float>) throws {
-        try WeightProducts.linear(hidden, rows: rows, weight: lmHead, into: logits)
+        try timed("head") { try WeightProducts.linear(hidden, rows: rows, weight: lmHead, into: logits) }
     }
 
     /// d(hidden) [rows, hidden] = d(logits) [rows, vocab] · W (the output projection is frozen).
     public func projectBackward(_ dLogits: UnsafePointer<Float>, rows: Int, into dHidden: UnsafeMutablePointer<Float>) throws {
-        try WeightProducts.backward(dLogits, rows: rows, weight: lmHead, into: dHidden, accumulate: false)
+        try timed("head") { try WeightProducts.backward(dLogits, rows: rows, weight: lmHead, into: dHidden, accumulate: false) }
     }
 
     /// Full logits [batch·sequence, vocab] on the last device.

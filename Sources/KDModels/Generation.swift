@@ -68,7 +68,8 @@ extension CausalLM {
                                 cols: hidden, eps: spec.rmsNormEps, into: last.data + i * hidden)
             }
             let logits = try Tensor(uninitializedShape: [spans.count, spec.vocabSize], on: lastDevice)
-            try project(last.data, rows: spans.count, into: logits.data)
+            // Not `project`: decoding is not a training phase (`timing`); the on-policy step times it as a whole.
+            try WeightProducts.linear(last.data, rows: spans.count, weight: lmHead, into: logits.data)
             return logits
         }
     }

@@ -49,8 +49,9 @@ public final class TeacherStream: @unchecked Sendable {
     private let concurrent: Bool
     private let produce: (Int) throws -> Chunk
 
-    /// A chunk of the teacher's side, with the seconds the teacher spent on it and the bytes it
-    /// moved between devices for it (its forward's share with the first chunk).
+    /// A chunk of the teacher's side, with the seconds the teacher spent on it, by phase
+    /// (`teacher_forward` with the first chunk, `teacher_head`; nothing for a cache), and the
+    /// bytes it moved between devices for it (its forward's share with the first chunk).
     struct Chunk {
         enum Targets {
             /// Logits [rows, teacher vocab] on the student's loss device.
@@ -60,6 +61,7 @@ public final class TeacherStream: @unchecked Sendable {
         }
         let targets: Targets
         let seconds: Double
+        var phases: [String: Double] = [:]
         let movedBytes: Int
     }
 
@@ -97,7 +99,12 @@ public final class TeacherStream: @unchecked Sendable {
         return TeacherStream(chunkCount: chunks.count, concurrent: concurrent) { index in
             let start = ContinuousClock.now
             let movedBefore = teacher.movedBytes
-            if hidden == nil { hidden = try teacher.hiddenStates(tokens) }
+            var phases: [String: Double] = [:]
+            if hidden == nil {
+                hidden = try teacher.hiddenStates(tokens)
+                phases["teacher_forward"] = (ContinuousClock.now - start).seconds
+            }
+            let headStart = ContinuousClock.now
             let range = chunks[index]
             let logits = try teacher.lastDevice.run {
                 let rowsOfChunk = try gather(hidden!, rows: rows[range])
@@ -105,8 +112,9 @@ public final class TeacherStream: @unchecked Sendable {
                 try teacher.project(rowsOfChunk.data, rows: range.count, into: logits.data)
                 return logits
             }
+            phases["teacher_head"] = (ContinuousClock.now - headStart).seconds
             let moved = try logits.to(target)
-            return Chunk(targets: .logits(moved), seconds: (ContinuousClock.now - start).seconds,
+            return Chunk(targets: .logits(moved), seconds: (ContinuousClock.now - start).seconds, phases: phases,
                          movedBytes: teacher.movedBytes - movedBefore + (target === logits.device ? 0 : logits.byteCount))
         }
     }
@@ -178,6 +186,9 @@ public struct DistillationPass {
     public struct Result: Sendable {
         public var totals = DistillationLoss.Totals()
         public var teacherSeconds = 0.0
+        /// The teacher's seconds by phase (`teacher_forward`, `teacher_head`), for this batch
+        /// wherever and whenever they ran (a prefetch included).
+        public var teacherPhases: [String: Double] = [:]
         public var studentSeconds = 0.0
         /// Bytes both models copied between devices for this batch (teacher logits included).
         public var transferBytes = 0
@@ -275,20 +286,22 @@ public struct DistillationPass {
             result.studentSeconds += (ContinuousClock.now - chunkStart).seconds
             let teacherChunk = try stream.next()
             result.teacherSeconds += teacherChunk.seconds
+            result.teacherPhases.merge(teacherChunk.phases, uniquingKeysWith: +)
             result.transferBytes += teacherChunk.movedBytes
             if range.upperBound == rows.count { teacherDone() }
             chunkStart = ContinuousClock.now
-            let totals = try studentDevice.run { [budget] in
-                let totals: DistillationLoss.Totals
-                switch teacherChunk.targets {
-                case .logits(let teacherLogits):
-                    totals = DistillationLoss.chunk(
-                        teacher: teacherLogits.data, teacherStride: teacherLogits.shape[1], student: logits.data,
-                        labels: Array(labels[range]), settings: settings, gradient: training, threads: budget.blasThreads)
-                case .topK(let targets):
-                    totals = DistillationLoss.cachedChunk(
-                        targets: targets, student: logits.data, labels: Array(labels[range]), settings: settings,
-                        gradient: training, threads: budget.blasThreads)
+            let totals = try studentDevice.run { [budget, student] in
+                let totals = student.timed("loss") {
+                    switch teacherChunk.targets {
+                    case .logits(let teacherLogits):
+                        DistillationLoss.chunk(
+                            teacher: teacherLogits.data, teacherStride: teacherLogits.shape[1], student: logits.data,
+                            labels: Array(labels[range]), settings: settings, gradient: training, threads: budget.blasThreads)
+                    case .topK(let targets):
+                        DistillationLoss.cachedChunk(
+                            targets: targets, student: logits.data, labels: Array(labels[range]), settings: settings,
+                            gradient: training, threads: budget.blasThreads)
+                    }
                 }
                 if let dHidden {
                     // d(hidden rows) = d(logits)·W_head, scattered back to their positions.

@@ -33,13 +33,18 @@ public struct StepMetrics: Sendable {
     /// across runs (a resumed run starts counting afresh; the teacher's thread runs alongside).
     public var devicePeakBytes: [Int] = []
     public var peakRSSBytes = 0
+    /// Milliseconds per phase: teacher_forward, teacher_head (the teacher's work on this step's
+    /// batches, when it was prefetched during the step before too), student_forward, student_head,
+    /// student_loss, student_recompute, student_backward (`Trainer.phases`) and optimizer. Teacher
+    /// and student phases that ran side by side both count in full.
+    public var phaseMs: [String: Double] = [:]
 
     /// The metrics.jsonl object.
     public var json: [String: Any] {
         ["step": step, "loss": loss, "kl_loss": klLoss, "divergence": divergence, "ce_loss": ceLoss, "grad_norm": gradNorm, "lr": lr,
          "tokens": tokens, "scored_tokens": scoredTokens, "tokens_per_s": tokensPerSecond, "teacher_ms": teacherMs,
          "student_ms": studentMs, "transfer_bytes": transferBytes, "on_policy_tokens": onPolicyTokens, "generation_ms": generationMs, "elapsed_s": elapsedSeconds, "top1_agreement": agreement,
-         "device_peak_bytes": devicePeakBytes, "peak_rss_bytes": peakRSSBytes]
+         "device_peak_bytes": devicePeakBytes, "peak_rss_bytes": peakRSSBytes, "phase_ms": phaseMs]
     }
 }
 
@@ -140,6 +145,8 @@ public final class Trainer {
     /// Notes for the user (a shared vocabulary range, changed config keys on resume).
     public private(set) var notes: [String] = []
     let adapters: [(name: String, adapter: LoRAAdapter)]
+    /// Where the student and the optimizer report their time; taken into each step's metrics.
+    public let phases = PhaseTimes()
     /// Called with each step's number and its gradients before clipping.
     public var optimizerHook: ((Int, [(name: String, tensor: Tensor)]) throws -> Void)?
 
@@ -184,6 +191,7 @@ public final class Trainer {
             try PEFTAdapter.attachFresh(to: student, settings: config.lora, seed: UInt64(config.run.seed))
         }
         student.activationCheckpointing = config.train.activationCheckpointing
+        student.timing = PhaseTimes.Scope(phases, prefix: "student")
         let attached = student.linears.compactMap { linear in linear.adapter.map { (linear.name, $0) } }
         adapters = attached
         let optimizer = AdamW(hyper: .init(beta1: config.train.adamBeta1, beta2: config.train.adamBeta2,
@@ -272,6 +280,7 @@ public final class Trainer {
             totals.add(result.totals)
             metrics.teacherMs += result.teacherSeconds * 1000
             metrics.studentMs += result.studentSeconds * 1000
+            metrics.phaseMs.merge(result.teacherPhases.mapValues { $0 * 1000 }, uniquingKeysWith: +)
             metrics.transferBytes += result.transferBytes
             metrics.tokens += batch.attentionMask.reduce(0) { $0 + Int($1) }
         }
@@ -284,7 +293,7 @@ public final class Trainer {
         metrics.ceLoss = totals.ce / Double(max(1, totals.ceRows))
         metrics.loss = alpha * temperature * temperature * metrics.divergence + (1 - alpha) * (totals.ce / n)
         metrics.agreement = Double(totals.agreements) / n
-        metrics.gradNorm = optimizer.gradientNorm()
+        metrics.gradNorm = phases.time("optimizer") { optimizer.gradientNorm() }
         guard metrics.loss.isFinite else {
             discardPrefetch()
             throw NonFiniteStep(step: step + 1, what: "loss")
@@ -295,8 +304,10 @@ public final class Trainer {
         }
         metrics.lr = nextLearningRate
         try optimizerHook?(step + 1, gradients())
-        if config.train.maxGradNorm > 0 { optimizer.clip(norm: metrics.gradNorm, maxNorm: config.train.maxGradNorm) }
-        optimizer.step(lr: metrics.lr)
+        phases.time("optimizer") {
+            if config.train.maxGradNorm > 0 { optimizer.clip(norm: metrics.gradNorm, maxNorm: config.train.maxGradNorm) }
+            optimizer.step(lr: metrics.lr)
+        }
         step += 1
         metrics.step = step
         metrics.scoredTokens = scored
@@ -304,6 +315,7 @@ public final class Trainer {
         metrics.tokensPerSecond = Double(metrics.tokens) / seconds
         metrics.devicePeakBytes = devices.devices.map(\.peakBytes)
         metrics.peakRSSBytes = Self.peakResidentBytes()
+        metrics.phaseMs.merge(phases.take().mapValues { $0 * 1000 }, uniquingKeysWith: +)
         return metrics
     }
 

@@ -52,7 +52,8 @@ import KDCore
     }
 
     /// Every metrics line (stdout and metrics.jsonl) carries each device's allocator peak, by id, and
-    /// the process's peak RSS; peaks never fall from one line to the next.
+    /// the process's peak RSS; peaks never fall from one line to the next. It also carries the time of
+    /// each phase of the step, every phase of a live, checkpointed run present.
     @Test func metricsCarryMeasuredPeaks() throws {
         let dir = KDProcess.temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: dir) }
@@ -74,6 +75,10 @@ import KDCore
             // The process holds at least what its largest device held.
             #expect(rss >= peaks.max() ?? 0)
             (previous, previousRSS) = (peaks, rss)
+            let phases = try #require(line["phase_ms"] as? [String: Double])
+            #expect(Set(phases.keys) == ["teacher_forward", "teacher_head", "student_forward", "student_head", "student_loss",
+                                         "student_recompute", "student_backward", "optimizer"])
+            #expect(phases.values.allSatisfy { $0 > 0 }, "\(phases)")
         }
     }
 

@@ -74,19 +74,21 @@ public final class DecoderLayer {
         return Activations(input: input, inputInverseRMS: inputInverseRMS, middle: middle, middleInverseRMS: middleInverseRMS)
     }
 
+    /// A layer that kept only its input runs its training forward again from it, now keeping
+    /// everything its backward reads; a layer that kept everything has nothing to do.
+    public func recompute(context: ForwardContext) throws {
+        guard case .input(let input) = saved else { return }
+        // The kept input is not needed afterwards: the recompute copies it and runs in place over it.
+        saved = .all(try compute(input, context: context, training: true, keepAll: true))
+    }
+
     /// Turns d(output) [rows, hidden] into d(input) in place, accumulating adapter gradients.
     /// Without `inputGradient` (the first layer: embeddings do not train) d(input) is not formed.
-    /// A layer that kept only its input recomputes its forward first.
+    /// A layer that kept only its input recomputes its forward first (`recompute`).
     public func backward(_ dx: Tensor, context: ForwardContext, inputGradient: Bool = true) throws {
-        guard let kept = saved else { throw KDError("layer \(index) backward without a training forward pass") }
+        try recompute(context: context)
+        guard case .all(let saved) = self.saved else { throw KDError("layer \(index) backward without a training forward pass") }
         self.saved = nil
-        let saved: Activations
-        switch kept {
-        case .all(let activations): saved = activations
-        case .input(let input):
-            // The kept input is not needed afterwards: the recompute copies it and runs in place over it.
-            saved = try compute(input, context: context, training: true, keepAll: true)
-        }
         let rows = context.rows, hidden = dx.shape[1]
         let dNormed2 = try feedForward.backward(dx, rows: rows)
         Kernels.rmsNormBackward(dNormed2.data, x: saved.middle.data, weight: postAttentionNorm.data,
