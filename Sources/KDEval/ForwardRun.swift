@@ -11,6 +11,10 @@ public struct ForwardRun {
         public let tokens: Int
         public let loadSeconds: Double
         public let forwardSeconds: Double
+        /// The forward's seconds through the decoder layers (embedding and final norm included)
+        /// and through the output projection.
+        public let layersSeconds: Double
+        public let headSeconds: Double
         public var tokensPerSecond: Double { Double(tokens) / max(forwardSeconds, 1e-9) }
     }
 
@@ -43,6 +47,9 @@ public struct ForwardRun {
             .init(name: "attention_mask", dtype: .i64, shape: [rows.count, length]),
         ])
         var seconds = 0.0
+        let phases = PhaseTimes()
+        model.timing = PhaseTimes.Scope(phases, prefix: "model")
+        defer { model.timing = nil }
         do {
             for start in stride(from: 0, to: rows.count, by: max(1, batchRows)) {
                 let slice = Array(rows[start..<min(rows.count, start + max(1, batchRows))])
@@ -61,7 +68,9 @@ public struct ForwardRun {
             writer.discard()
             throw error
         }
+        let times = phases.take()
         return Summary(rows: rows.count, sequenceLength: length, tokens: rows.reduce(0) { $0 + $1.count },
-                       loadSeconds: 0, forwardSeconds: seconds)
+                       loadSeconds: 0, forwardSeconds: seconds, layersSeconds: times["model_forward"] ?? 0,
+                       headSeconds: times["model_head"] ?? 0)
     }
 }

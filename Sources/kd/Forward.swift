@@ -38,6 +38,7 @@ struct Forward: KDCommand {
             Console.json([
                 "output": output, "rows": summary.rows, "sequence_length": summary.sequenceLength,
                 "tokens": summary.tokens, "load_s": loadSeconds, "forward_s": summary.forwardSeconds,
+                "layers_s": summary.layersSeconds, "head_s": summary.headSeconds,
                 "tokens_per_s": summary.tokensPerSecond, "peak_rss_bytes": rss, "threads": BLAS.threads,
             ])
         }

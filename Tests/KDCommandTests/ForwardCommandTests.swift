@@ -19,6 +19,10 @@ import KDModels
         let summary = KDProcess.json(result.stdout)
         #expect(summary["rows"] as? Int == 3)
         #expect(summary["tokens"] as? Int == 23)
+        // The forward's time, split into the layers' and the output projection's.
+        let (forward, layers, head) = (summary["forward_s"] as? Double ?? 0, summary["layers_s"] as? Double ?? 0,
+                                       summary["head_s"] as? Double ?? 0)
+        #expect(layers > 0 && head > 0 && layers + head <= forward, "\(summary)")
 
         let device = Device(id: 0)
         let got = try SafetensorsFile(path: output)
