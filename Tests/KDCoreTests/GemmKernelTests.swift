@@ -58,11 +58,12 @@ import CKernels
     }
 
     /// Shapes that reach every edge of the AVX2 path: m, n or k zero or one; m around and past
-    /// the micro-kernel's 6 rows and the 144-row blocks; n around the 16-column panels; k around
-    /// the 8-column packing steps and the 256-column blocks (one, two and three of them).
+    /// the micro-kernels' 6 rows (split as 4 + 3, 5 + 4 + 4, 4 + 4, …, so every row count from 1 to
+    /// 6 occurs) and the 144-row blocks; n around the 16-column panels; k around the 8-column
+    /// packing steps and the 256-column blocks (one, two and three of them).
     static let shapes: [(m: Int, n: Int, k: Int)] = [
         (0, 5, 3), (3, 0, 4), (4, 17, 0), (1, 1, 1), (7, 16, 1), (6, 33, 9), (13, 15, 8), (5, 40, 257),
-        (150, 20, 600), (8, 48, 523), (289, 18, 31), (12, 64, 256),
+        (150, 20, 600), (8, 48, 523), (289, 18, 31), (12, 64, 256), (2, 31, 300),
     ]
 
     /// The paths of this build: scalar code, and AVX2 wherever the package is built for x86-64.
