@@ -36,7 +36,8 @@ void kd_gemv_bf16_parts(int parts, int width, const uint16_t *w, long rows, long
 // ldw elements, f32 (w_is_bf16 = 0) or bf16 (1). Each element is one chain of fused multiply-adds
 // over p = 0, 1, ..., k - 1 in order from +0, then scaled (and added to y), so f32 and bf16
 // weights holding the same values give the same bits, and so does any split of the rows or
-// columns into separate calls. Safe to call from several threads at once; allocates nothing.
+// columns into separate calls. Safe to call from several threads at once; allocates nothing (it
+// uses 25 KiB of stack).
 void kd_gemm_nt(long m, long n, long k, const float *x, long ldx, const void *w, int w_is_bf16, long ldw, float *y,
                 long ldy, int accumulate, float scale);
 
