@@ -29,3 +29,22 @@ void kd_run_parts(int parts, void (*fn)(void *context, int part), void *context)
 // run by kd_run_parts.
 void kd_gemv_bf16_parts(int parts, int width, const uint16_t *w, long rows, long cols, const float *x, const float *xp,
                         float *y, int accumulate, float scale);
+
+// The product of a few rows of activations with a weight, for MoE experts:
+// y[i, j] = scale * Σ_p x[i, p] * W[j, p] (+ y[i, j] when accumulate) for i < m, j < n, p < k, where
+// x and y are row-major with row strides ldx and ldy, and W is row-major [n, k] with row stride
+// ldw elements, f32 (w_is_bf16 = 0) or bf16 (1). Each element is one chain of fused multiply-adds
+// over p = 0, 1, ..., k - 1 in order from +0, then scaled (and added to y), so f32 and bf16
+// weights holding the same values give the same bits, and so does any split of the rows or
+// columns into separate calls. Safe to call from several threads at once; allocates nothing (it
+// uses 25 KiB of stack).
+void kd_gemm_nt(long m, long n, long k, const float *x, long ldx, const void *w, int w_is_bf16, long ldw, float *y,
+                long ldy, int accumulate, float scale);
+
+// kd_gemm_nt on a path no wider than `width` bits: 256 (AVX2) or 0 (scalar code), falling back
+// to the widest this build has. Every path gives the same bits; kd_gemm_nt takes the widest.
+void kd_gemm_nt_width(int width, long m, long n, long k, const float *x, long ldx, const void *w, int w_is_bf16,
+                      long ldw, float *y, long ldy, int accumulate, float scale);
+
+// The widest path kd_gemm_nt takes here: 256 or 0.
+int kd_gemm_nt_widest(void);
