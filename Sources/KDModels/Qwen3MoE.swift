@@ -125,18 +125,21 @@ public final class SparseMoE {
         return (chosen, weights)
     }
 
-    public func forward(_ x: Tensor, rows: Int) throws -> Tensor {
+    /// The block's output for `x` [rows, hidden], with the experts split into at most `parts`
+    /// groups run at once (the result does not depend on it).
+    public func forward(_ x: Tensor, rows: Int, parts: Int = BLAS.threads) throws -> Tensor {
         let hidden = router.shape[1]
         let out = try Tensor.zeros([rows, hidden], on: x.device)
         for first in stride(from: 0, to: rows, by: Self.tokenBlock) {
-            try forwardBlock(x.data + first * hidden, rows: min(Self.tokenBlock, rows - first), on: x.device,
+            try forwardBlock(x.data + first * hidden, rows: min(Self.tokenBlock, rows - first), parts: parts, on: x.device,
                              into: out.data + first * hidden)
         }
         return out
     }
 
     /// out[rows, hidden] += the block's expert outputs (out holds zeros on entry).
-    func forwardBlock(_ x: UnsafePointer<Float>, rows: Int, on device: Device, into out: UnsafeMutablePointer<Float>) throws {
+    func forwardBlock(_ x: UnsafePointer<Float>, rows: Int, parts: Int, on device: Device,
+                      into out: UnsafeMutablePointer<Float>) throws {
         let hidden = router.shape[1]
         let size = experts.first?.gateProj.outFeatures ?? 0
         let (chosen, weights) = try route(x, rows: rows, on: device)
@@ -159,12 +162,12 @@ public final class SparseMoE {
         // Each expert: gate and up of its rows, SwiGLU into gate, down into its gathered rows.
         let gate = try Tensor(uninitializedShape: [pairs, size], on: device)
         let up = try Tensor(uninitializedShape: [pairs, size], on: device)
-        let parts = Parallel.balancedRanges(first, parts: BLAS.threads)
+        let groups = Parallel.balancedRanges(first, parts: parts)
         var failure: Error?
         let lock = NSLock()
-        Parallel.parts(parts.count) { part in
+        Parallel.parts(groups.count) { group in
             do {
-                for e in parts[part] where first[e + 1] > first[e] {
+                for e in groups[group] where first[e + 1] > first[e] {
                     let (row, count) = (first[e], first[e + 1] - first[e])
                     let expert = experts[e]
                     let input = gathered.data + row * hidden, g = gate.data + row * size, u = up.data + row * size
@@ -179,9 +182,10 @@ public final class SparseMoE {
         }
         if let failure { throw failure }
         // Each token: its experts' outputs, weighted, in ascending expert order.
-        Parallel.parts(min(BLAS.threads, rows)) { part in
+        let tokenParts = max(1, min(parts, rows))
+        Parallel.parts(tokenParts) { part in
             var slots = [Int](repeating: 0, count: topK)
-            for t in Parallel.range(part, of: min(BLAS.threads, rows), count: rows) {
+            for t in Parallel.range(part, of: tokenParts, count: rows) {
                 for slot in 0..<topK { slots[slot] = slot }
                 slots.sort { chosen[t * topK + $0] < chosen[t * topK + $1] }
                 for slot in slots {

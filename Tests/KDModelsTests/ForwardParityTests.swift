@@ -42,6 +42,27 @@ import KDModels
         }
     }
 
+    /// A MoE block runs its experts in groups side by side; how many groups does not change a bit,
+    /// nor does holding the experts in bf16 rather than f32 where every expert has 2 to
+    /// `WeightProducts.expertRows` tokens (kd_gemm_nt reads either dtype in one summation order).
+    @Test func moeBlockBitsDoNotDependOnThreadsOrHeldDType() throws {
+        let checkpoint = try Checkpoint(directory: Fixtures.path("forward", "moe-8x2"))
+        func block(_ dtype: WeightDType) throws -> SparseMoE {
+            let lm = try CausalLM.load(checkpoint, on: try DeviceGroup.make(count: 1), dtype: dtype)
+            guard case .sparse(let moe) = lm.layers[0].feedForward else { throw KDError("layer 0 of moe-8x2 is not sparse") }
+            return moe
+        }
+        let (bf16, f32) = (try block(.bf16), try block(.f32))
+        #expect(bf16.experts[0].gateProj.weight.dtype == .bf16 && f32.experts[0].gateProj.weight.dtype == .f32)
+        let rows = 40, hidden = bf16.router.shape[1]
+        var random = RandomGenerator(seed: 7)
+        let x = try Tensor((0..<(rows * hidden)).map { _ in random.nextUniform() * 2 - 1 }, shape: [rows, hidden], on: f32.router.device)
+        let reference = try bf16.forward(x, rows: rows, parts: 1).toArray()
+        for parts in [2, 3, 8] { #expect(try bf16.forward(x, rows: rows, parts: parts).toArray() == reference) }
+        // 40 tokens × top-2 over 8 experts: every expert gets several.
+        #expect(try f32.forward(x, rows: rows, parts: 2).toArray() == reference)
+    }
+
     @Test(arguments: ["dense-tied-gqa", "dense-mqa-headdim-sharded", "moe-8x2"])
     func placementDoesNotChangeLogits(model: String) throws {
         let checkpoint = try Checkpoint(directory: Fixtures.path("forward", model))
