@@ -6,28 +6,52 @@ import KDText
 /// How many cores kd may use, and whether teacher and student compute side by side.
 ///
 /// Concurrently, each side's BLAS calls get half the cores; in turn, every call gets all of them.
-/// Side by side wins even on 2 cores, because the teacher runs back to back while the student
-/// finishes each batch (measured on 2 cores, Qwen3 1.7B→0.6B shapes: 103 vs 89 tokens/s). It
-/// needs both to have cores: `auto` runs them concurrently from 2 threads up when the teacher's
-/// and the student's devices are disjoint (a shared device thread would only interleave them).
+/// Side by side wins when the two sides have about the same work, because the teacher runs back
+/// to back while the student finishes each batch (measured on 2 cores, Qwen3 1.7B→0.6B shapes,
+/// work ratio 1.4: 103 vs 89 tokens/s). When one side has much more, half the cores would wait on
+/// it (a 1-layer Qwen3-30B-A3B teacher beside a 4-layer Qwen3-8B student, ratio ~10: 219 s a step
+/// side by side on 2 cores, against 121 s for PyTorch using both for everything). So `auto` runs
+/// them concurrently from 2 threads up when the teacher's and the student's devices are disjoint
+/// (a shared device thread would only interleave them) and neither side's FLOPs per token exceed
+/// the other's `balancedRatio` times (`workRatio`).
 public struct ComputeBudget: Sendable {
     public let threads: Int
     public let concurrent: Bool
 
-    public init(threads: Int?, concurrency: Concurrency = .auto, disjointDevices: Bool = true) {
+    /// The largest work ratio at which `auto` runs the sides concurrently: with perfect scaling
+    /// in turn is never slower, and side by side gains from the parts that do not scale (the
+    /// loss, the norms, OpenBLAS's ~85% on 2 threads), which stop covering the imbalance near
+    /// 1/(2·0.85)·(1 + r) = r, r ≈ 1.4.
+    public static let balancedRatio = 1.5
+
+    public init(threads: Int?, concurrency: Concurrency = .auto, disjointDevices: Bool = true, workRatio: Double = 1) {
         let threads = max(1, threads ?? ProcessInfo.processInfo.activeProcessorCount)
         self.threads = threads
         switch concurrency {
-        case .auto: concurrent = threads >= 2 && disjointDevices
+        case .auto: concurrent = threads >= 2 && disjointDevices && workRatio <= Self.balancedRatio
         case .on: concurrent = threads >= 2
         case .off: concurrent = false
         }
     }
 
-    /// The budget of a run: `run.threads` and `run.concurrency`, and whether the models share a device.
-    public init(_ config: RunConfig) {
+    /// The budget of a run of these models: `run.threads` and `run.concurrency`, whether the models
+    /// share a device, and how their work compares.
+    public init(_ config: RunConfig, teacher: ModelSpec, student: ModelSpec) {
         self.init(threads: config.run.threads, concurrency: config.run.concurrency,
-                  disjointDevices: Set(config.teacher.devices).isDisjoint(with: config.student.devices))
+                  disjointDevices: Set(config.teacher.devices).isDisjoint(with: config.student.devices),
+                  workRatio: Self.workRatio(teacher: teacher, student: student,
+                                            checkpointing: config.train.activationCheckpointing))
+    }
+
+    /// The larger side's FLOPs per token over the smaller's: the teacher's forward (2 per active
+    /// parameter) against the student's forward and its backward, which forms input gradients
+    /// only (the weights are frozen; as much again), plus the layers' second forward under
+    /// activation checkpointing.
+    public static func workRatio(teacher: ModelSpec, student: ModelSpec, checkpointing: Bool) -> Double {
+        let teacherWork = 2 * Double(teacher.activeParameterCount)
+        let studentBody = Double(student.activeParameterCount - student.vocabSize * student.hiddenSize)
+        let studentWork = 4 * Double(student.activeParameterCount) + (checkpointing ? 2 * studentBody : 0)
+        return max(teacherWork, studentWork) / max(1, min(teacherWork, studentWork))
     }
 
     /// Threads of one BLAS call.

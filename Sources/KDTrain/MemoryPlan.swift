@@ -144,7 +144,7 @@ public struct MemoryPlan: Sendable {
         // machine gives a plan that does not fit, never a wrapped or negative figure.
         let tokens = Double(config.train.batchSize) * Double(config.data.maxSeqLen)
         let f32 = Double(MemoryLayout<Float>.stride)
-        let concurrent = ComputeBudget(config).concurrent
+        let concurrent = cached == nil && ComputeBudget(config, teacher: teacherSpec, student: studentSpec).concurrent
         for model in cached == nil ? [teacher, student] : [student] {
             let spec = model.spec
             let training = model.role == "student"

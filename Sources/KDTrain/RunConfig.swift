@@ -238,7 +238,7 @@ extension RunConfig {
         field("run.output_dir", \.run.outputDir, "Directory for metrics.jsonl, checkpoints and the final model."),
         field("run.seed", \.run.seed, "Seed of every random choice: LoRA init, shuffling, dropout."),
         field("run.threads", \.run.threads, "Cores kd uses; null = all of them."),
-        field("run.concurrency", \.run.concurrency, "Teacher and student at the same time: on, off, or auto (on from 2 threads up, on disjoint devices)."),
+        field("run.concurrency", \.run.concurrency, "Teacher and student at the same time: on, off, or auto (on from 2 threads up, on disjoint devices, when their work per token is within 1.5×)."),
         field("devices.count", \.devices.count, "Number of logical devices; null = enough for the ids used."),
         field("devices.memory_per_device", \.devices.memoryPerDevice, "Budget of each device (e.g. 80GiB), enforced; null = unlimited."),
         field("teacher.path", \.teacher.path, "Teacher model directory (config.json + safetensors)."),

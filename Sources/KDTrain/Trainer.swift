@@ -69,10 +69,11 @@ public struct RunModels {
     /// vocabulary).
     public static func load(_ config: RunConfig, cache: TeacherCache? = nil, onLoad: (String) -> Void = { _ in }) throws -> RunModels {
         try config.requireModelPaths()
-        // Without a live teacher there is nothing to run beside the student: it gets every core.
-        let budget = cache == nil ? ComputeBudget(config) : ComputeBudget(threads: config.run.threads, concurrency: .off)
-        BLAS.threads = budget.threads
         let plan = try MemoryPlan(config: config)
+        // Without a live teacher there is nothing to run beside the student: it gets every core.
+        let budget = cache == nil ? ComputeBudget(config, teacher: plan.teacher.spec, student: plan.student.spec)
+            : ComputeBudget(threads: config.run.threads, concurrency: .off)
+        BLAS.threads = budget.threads
         if !plan.fits {
             let over = plan.devices.filter { !$0.fits }.map {
                 "device \($0.id) needs \(formatBytes($0.totalBytes)) of \(formatBytes($0.capacityBytes ?? 0))"

@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 import KDCore
+import KDModels
 @testable import KDTrain
 
 @Suite struct RunConfigTests {
@@ -14,9 +15,15 @@ import KDCore
     }
 
     @Test func concurrencyNeedsTwoThreadsAndDisjointDevices() throws {
+        // Qwen3-1.7B teaching Qwen3-0.6B: about even work per token (`autoConcurrencyNeedsBalancedWork`).
+        func spec(_ preset: String) throws -> ModelSpec {
+            try ModelConfigurations.decode(JSONSerialization.data(withJSONObject: Presets.config(preset)), file: "config.json")
+        }
+        let (teacher, student) = (try spec("qwen3-1.7b"), try spec("qwen3-0.6b"))
         func concurrent(_ overrides: [String]) throws -> Bool {
             let yaml = "teacher: {path: t, devices: [0]}\nstudent: {path: s, devices: [1]}\n"
-            return ComputeBudget(try RunConfig.parse(yaml: yaml, file: "run.yaml", overrides: overrides)).concurrent
+            let config = try RunConfig.parse(yaml: yaml, file: "run.yaml", overrides: overrides)
+            return ComputeBudget(config, teacher: teacher, student: student).concurrent
         }
         #expect(try concurrent(["run.threads=2"]))
         #expect(try !concurrent(["run.threads=1"]))
@@ -24,6 +31,26 @@ import KDCore
         #expect(try concurrent(["run.threads=2", "student.devices=[0]", "run.concurrency=on"]))
         #expect(try !concurrent(["run.threads=8", "run.concurrency=off"]))
         #expect(ComputeBudget(threads: 4, concurrency: .on).blasThreads == 2)
+    }
+
+    /// `auto` runs the sides concurrently only when their work per token is about even: the
+    /// Qwen3 1.7B → 0.6B shapes of the benchmark are; a 1-layer Qwen3-30B-A3B teacher beside a
+    /// 4-layer Qwen3-8B student (issue 14's real-width step) is not; `on` still forces it.
+    @Test func autoConcurrencyNeedsBalancedWork() throws {
+        func spec(_ preset: String, layers: Int) throws -> ModelSpec {
+            var config = try Presets.config(preset)
+            config["num_hidden_layers"] = layers
+            config["layer_types"] = nil
+            return try ModelConfigurations.decode(JSONSerialization.data(withJSONObject: config), file: "config.json")
+        }
+        let balanced = ComputeBudget.workRatio(teacher: try spec("qwen3-1.7b", layers: 3), student: try spec("qwen3-0.6b", layers: 3),
+                                               checkpointing: false)
+        let uneven = ComputeBudget.workRatio(teacher: try spec("qwen3-30b-a3b", layers: 1), student: try spec("qwen3-8b", layers: 4),
+                                             checkpointing: true)
+        #expect(balanced < ComputeBudget.balancedRatio && uneven > 5, "\(balanced) \(uneven)")
+        #expect(ComputeBudget(threads: 2, workRatio: balanced).concurrent)
+        #expect(!ComputeBudget(threads: 2, workRatio: uneven).concurrent)
+        #expect(ComputeBudget(threads: 2, concurrency: .on, workRatio: uneven).concurrent)
     }
 
     @Test func defaultsAndOverrides() throws {
