@@ -8,15 +8,15 @@ train.activation_checkpointing), and times optimizer steps on the same token row
 under no_grad, student logits, KL at temperature T and CE over the scored positions, backward,
 clip_grad_norm_, AdamW. The first step is a warm-up and is not timed. Prints one JSON line: the
 median step time, each timed step, the process's peak RSS, the peak RSS after loading (the peak is
-reset once both models are loaded, when /proc/self/clear_refs allows it; from_pretrained's own peak
-is often the larger) and the pages the system swapped out while the process ran.
+read and then reset once both models are loaded, when /proc/self/clear_refs allows it: the reset
+clears getrusage's ru_maxrss too, so the process's peak is the larger of the two readings) and the
+pages the system swapped out while the process ran.
 
     python3 Scripts/bench_train_torch.py --teacher DIR --student DIR --tokens FILE --threads N --steps K \
         [--batch-size B] [--r R] [--checkpointing]
 """
 import argparse
 import json
-import resource
 import statistics
 import time
 
@@ -40,11 +40,11 @@ def resident_peak_mib():
     for line in open("/proc/self/status"):
         if line.startswith("VmHWM:"):
             return round(int(line.split()[1]) / 1024)
-    return None
+    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def reset_resident_peak():
-    """Sets VmHWM back to the current resident set (Linux 4.0+); False when not allowed."""
+    """Sets VmHWM (and ru_maxrss) back to the current resident set (Linux 4.0+); False when not allowed."""
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
@@ -89,6 +89,7 @@ def main():
     labels = torch.tensor([r.get("labels", r["input_ids"]) for r in rows])
     mask = torch.ones_like(ids)
     tokens = int(mask.sum())
+    loading_peak = resident_peak_mib()
     peak_reset = reset_resident_peak()
 
     times = []
@@ -117,7 +118,7 @@ def main():
     print(json.dumps({"impl": "torch", "threads": args.threads, "tokens": tokens, "step_s_median": round(seconds, 4),
                       "tokens_per_s": round(tokens / seconds, 1), "step_s": [round(t, 3) for t in times],
                       "checkpointing": args.checkpointing, "lora_r": args.r,
-                      "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+                      "peak_rss_mib": max(loading_peak, resident_peak_mib()),
                       "peak_rss_after_load_mib": resident_peak_mib() if peak_reset else None,
                       "swapped_out_pages": swapped_out_pages() - swapped_at_start}))
 
