@@ -14,10 +14,12 @@
 # head_dim 128, 128 experts, top-8, moe_intermediate 768; 1.25 G parameters), batch 1 × 512, LoRA
 # r=64 alpha 128 on all seven projections, activation checkpointing on in both (kd's
 # train.activation_checkpointing; transformers' gradient_checkpointing_enable), the same loss
-# (alpha 0.8, T 2) and AdamW. kd holds the weights as stored (bf16), PyTorch in f32: ~13 GB of
-# weights, and from_pretrained peaks near 17 GB while it loads, so run nothing else large beside
-# it (each run is one process, and only one runs at a time). A step is ~4.4 TFLOP; on 2 cores of a
-# ~2 GHz Zen 1 the mode takes ~1 h with STEPS = 3. A markdown table ends it.
+# (alpha 0.8, T 2) and AdamW. kd holds the weights as stored (bf16; ~6 GB peak RSS), PyTorch in
+# f32: ~13 GB of weights, and its resident set reaches ~17 GB both while from_pretrained loads and
+# while it trains, so run nothing else large beside it (each run is one process, and only one runs
+# at a time; pages the host swapped out during a run are reported). A step is ~4 TFLOP (the two
+# output projections over 151,936 words are a third of it); on 2 cores of a ~2 GHz Zen 1 shared
+# with other work, the mode took 80 min with STEPS = 3. A markdown table ends it.
 # In every mode a process runs STEPS + 1 optimizer steps and the first is not timed (kd's step
 # times are read from its metrics.jsonl, PyTorch's from perf_counter around each step; neither
 # includes loading); the median of the rest is reported with the process's peak RSS.
