@@ -1,8 +1,8 @@
 // The projections of one Qwen3-30B-A3B expert, y[m, n] = x[m, k] · W[n, k]ᵀ with (n, k) = (768,
 // 2048) for gate and up (the same shape) and (2048, 768) for down, on one thread, for m tokens
 // routed to the expert: OpenBLAS sgemm on an f32 W; a bf16 W widened to f32 in panels of 512 rows,
-// each then given to sgemm, as kd does today (WeightProducts.linear, here with the panel buffer
-// allocated once); and kd_gemm_nt (Sources/CKernels/gemm.c) on the f32 W and on the bf16 W. The
+// each then given to sgemm, as kd's dense products do (WeightProducts.linear, here with the panel
+// buffer allocated once; experts used it before kd_gemm_nt); and kd_gemm_nt (Sources/CKernels/gemm.c) on the f32 W and on the bf16 W. The
 // four alternate within every repetition, and each call reads the next of COPIES copies of W
 // (enough for 64 MiB of f32 by default, more than this CPU's caches), so W comes from memory as
 // it does for 128 experts per layer; COPIES = 1 keeps it in cache. For every case it prints the
