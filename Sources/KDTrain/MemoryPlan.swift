@@ -72,6 +72,9 @@ public struct MemoryPlan: Sendable {
     public let teacher: ModelPlan
     public let student: ModelPlan
     public let devices: [DeviceUsage]
+    /// The run's cores and whether teacher and student compute side by side (which sets what a
+    /// student's device holds in the loss); the run itself computes with this budget.
+    public let budget: ComputeBudget
 
     public var fits: Bool { devices.allSatisfy(\.fits) }
 
@@ -144,7 +147,10 @@ public struct MemoryPlan: Sendable {
         // machine gives a plan that does not fit, never a wrapped or negative figure.
         let tokens = Double(config.train.batchSize) * Double(config.data.maxSeqLen)
         let f32 = Double(MemoryLayout<Float>.stride)
-        let concurrent = cached == nil && ComputeBudget(config, teacher: teacherSpec, student: studentSpec).concurrent
+        // Without a live teacher there is nothing to run beside the student: it gets every core.
+        budget = cached == nil ? ComputeBudget(config, teacher: teacherSpec, student: studentSpec)
+            : ComputeBudget(threads: config.run.threads, concurrency: .off)
+        let concurrent = budget.concurrent
         for model in cached == nil ? [teacher, student] : [student] {
             let spec = model.spec
             let training = model.role == "student"

@@ -70,9 +70,7 @@ public struct RunModels {
     public static func load(_ config: RunConfig, cache: TeacherCache? = nil, onLoad: (String) -> Void = { _ in }) throws -> RunModels {
         try config.requireModelPaths()
         let plan = try MemoryPlan(config: config)
-        // Without a live teacher there is nothing to run beside the student: it gets every core.
-        let budget = cache == nil ? ComputeBudget(config, teacher: plan.teacher.spec, student: plan.student.spec)
-            : ComputeBudget(threads: config.run.threads, concurrency: .off)
+        let budget = plan.budget  // `cache` is config.data.teacher_cache opened, which the plan read too
         BLAS.threads = budget.threads
         if !plan.fits {
             let over = plan.devices.filter { !$0.fits }.map {
