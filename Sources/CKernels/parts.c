@@ -36,23 +36,25 @@ static pthread_mutex_t sleeping = PTHREAD_MUTEX_INITIALIZER;  // guards sleepers
 static pthread_cond_t wake = PTHREAD_COND_INITIALIZER;
 static int sleepers;
 static int helpers;  // started so far (under busy)
-// The job's number (high 32 bits) and the next part to claim (low 32): whoever claims a part runs
-// it, the caller included, so a helper that is not running (the host busy with other processes)
-// never holds the caller up; a part is claimed only while its job is current.
+// The job's number (high 32 bits), its part count (next 16) and the next part to claim (low 16):
+// whoever claims a part runs it, the caller included, so a helper that is not running (the host
+// busy with other processes) never holds the caller up; a part is claimed only while its job is
+// current. The count travels in the same word as the number so that a helper still looking at a
+// finished job compares that job's own count (a count kept apart could already be the next job's,
+// and a late helper would claim a part of the old job past its end while the next is set up).
 static atomic_long posted;  // the number of the newest job, for helpers to wake on
 static atomic_ullong claim;
 static atomic_int finished;  // parts of the current job that have returned
 static void (*job_fn)(void *, int);
 static void *job_context;
-static atomic_int job_parts;  // read by late helpers of the previous job, hence atomic
 
 // Claims and runs parts of job `job` until none is left.
 static void run_claimed(unsigned long long job) {
     unsigned long long value = atomic_load_explicit(&claim, memory_order_acquire);
     for (;;) {
-        if (value >> 32 != job || (value & 0xFFFFFFFFu) >= (unsigned long long)atomic_load_explicit(&job_parts, memory_order_relaxed)) return;
+        if (value >> 32 != job || (value & 0xFFFFu) >= ((value >> 16) & 0xFFFFu)) return;
         if (!atomic_compare_exchange_weak_explicit(&claim, &value, value + 1, memory_order_acq_rel, memory_order_acquire)) continue;
-        job_fn(job_context, (int)(value & 0xFFFFFFFFu));
+        job_fn(job_context, (int)(value & 0xFFFFu));
         atomic_fetch_add_explicit(&finished, 1, memory_order_release);
         value = atomic_load_explicit(&claim, memory_order_acquire);
     }
@@ -81,7 +83,7 @@ static void *helper(void *argument) {
 }
 
 void kd_run_parts(int parts, void (*fn)(void *context, int part), void *context) {
-    if (parts <= 1 || pthread_mutex_trylock(&busy) != 0) {
+    if (parts <= 1 || parts > 0xFFFF || pthread_mutex_trylock(&busy) != 0) {
         for (int part = 0; part < parts; part++) fn(context, part);
         return;
     }
@@ -94,9 +96,8 @@ void kd_run_parts(int parts, void (*fn)(void *context, int part), void *context)
     long job = atomic_load_explicit(&posted, memory_order_relaxed) + 1;
     job_fn = fn;
     job_context = context;
-    atomic_store_explicit(&job_parts, parts, memory_order_relaxed);
     atomic_store_explicit(&finished, 0, memory_order_relaxed);
-    atomic_store_explicit(&claim, (unsigned long long)job << 32, memory_order_release);
+    atomic_store_explicit(&claim, (unsigned long long)job << 32 | (unsigned long long)parts << 16, memory_order_release);
     atomic_store_explicit(&posted, job, memory_order_release);
     pthread_mutex_lock(&sleeping);
     if (sleepers > 0) pthread_cond_broadcast(&wake);

@@ -22,7 +22,7 @@ void kd_pair_order(const float *x, long cols, float *xp);
 
 // Runs fn(context, part) for part 0..<parts: part 0 on the calling thread, the others on helper
 // threads that spin a little between jobs (Sources/CKernels/parts.c), or all on the caller when
-// another caller's job is running. Returns when every part has returned.
+// another caller's job is running (or there are more than 65,535 parts). Returns when every part has returned.
 void kd_run_parts(int parts, void (*fn)(void *context, int part), void *context);
 
 // kd_gemv_bf16_width over rows [0, rows) in `parts` consecutive runs of ceil(rows / parts) rows,
