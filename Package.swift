@@ -48,12 +48,19 @@ let package = Package(
             name: "COpenBLAS",
             providers: [.apt(["libopenblas-dev", "liblapacke-dev"])]
         ),
+        // Open MPI from the system (its headers and libmpi through pkg-config's ompi-c): the ranks
+        // of a run started by mpirun or srun.
+        .systemLibrary(
+            name: "COpenMPI",
+            pkgConfig: "ompi-c",
+            providers: [.apt(["libopenmpi-dev", "openmpi-bin"])]
+        ),
         // Decoding's matrix-vector kernels over f32 and bf16 weights, in C with AVX2 intrinsics and
         // an AVX-512 path built for its own target and taken when the CPU has it (Swift's SIMD
         // widening of 16-bit lanes runs lane by lane).
         .target(name: "CKernels", cSettings: [.unsafeFlags(cKernelFlags)]),
-        // Tensors, devices, device groups, BLAS and SIMD kernels.
-        .target(name: "KDCore", dependencies: ["COpenBLAS", "CKernels"], swiftSettings: kernelSettings),
+        // Tensors, devices, device groups, the MPI communicator, BLAS and SIMD kernels.
+        .target(name: "KDCore", dependencies: ["COpenBLAS", "COpenMPI", "CKernels"], swiftSettings: kernelSettings),
         // safetensors, model configs, Qwen3 / Qwen3-MoE, LoRA, placement.
         .target(name: "KDModels", dependencies: ["KDCore"], swiftSettings: checkedSettings),
         // Tokenizer, chat template, datasets and batches.

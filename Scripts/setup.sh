@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Installs what kd needs on a Debian machine (OpenBLAS and LAPACKE) when it is missing.
+# Installs what kd needs on a Debian machine (OpenBLAS, LAPACKE and Open MPI) when it is missing.
 set -euo pipefail
 missing=()
-for package in libopenblas-dev liblapacke-dev; do
+for package in libopenblas-dev liblapacke-dev libopenmpi-dev openmpi-bin; do
   dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
 done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -1,0 +1,43 @@
+#pragma once
+// Open MPI's C API through small functions: MPI_COMM_WORLD, the datatypes and the operations are
+// macros over Open MPI's internal objects, which Swift cannot import. Every function returns an
+// MPI error code (MPI_SUCCESS = 0); the world communicator returns errors instead of aborting.
+#include <mpi.h>
+#include <stdint.h>
+
+/// MPI_Init_thread with MPI_THREAD_MULTIPLE (device threads may communicate); `provided` is the
+/// level the library gives.
+static inline int kd_mpi_init(int *provided) {
+    int code = MPI_Init_thread(NULL, NULL, MPI_THREAD_MULTIPLE, provided);
+    if (code == MPI_SUCCESS) MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
+    return code;
+}
+
+static inline int kd_mpi_finalize(void) { return MPI_Finalize(); }
+
+static inline int kd_mpi_rank(int *rank) { return MPI_Comm_rank(MPI_COMM_WORLD, rank); }
+static inline int kd_mpi_size(int *size) { return MPI_Comm_size(MPI_COMM_WORLD, size); }
+
+/// Ends every rank of the job with `code`.
+static inline void kd_mpi_abort(int code) { MPI_Abort(MPI_COMM_WORLD, code); }
+
+static inline int kd_mpi_processor_name(char *name, int *length) { return MPI_Get_processor_name(name, length); }
+
+static inline int kd_mpi_error_string(int code, char *text, int *length) { return MPI_Error_string(code, text, length); }
+
+/// Rank r's `count` floats from offset r·count of `send` go to rank r; `receive` gets rank s's
+/// share at offset s·count.
+static inline int kd_mpi_alltoall_floats(const float *send, float *receive, int count) {
+    return MPI_Alltoall(send, count, MPI_FLOAT, receive, count, MPI_FLOAT, MPI_COMM_WORLD);
+}
+
+/// Every rank's `count` bytes, in rank order, on every rank.
+static inline int kd_mpi_allgather_bytes(const void *send, void *receive, int count) {
+    return MPI_Allgather(send, count, MPI_BYTE, receive, count, MPI_BYTE, MPI_COMM_WORLD);
+}
+
+static inline int kd_mpi_broadcast_bytes(void *buffer, int count, int root) {
+    return MPI_Bcast(buffer, count, MPI_BYTE, root, MPI_COMM_WORLD);
+}
+
+static inline int kd_mpi_barrier(void) { return MPI_Barrier(MPI_COMM_WORLD); }

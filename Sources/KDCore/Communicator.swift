@@ -1,0 +1,199 @@
+import COpenMPI
+import Foundation
+
+/// The processes of a run: this process alone, or the ranks of an MPI job (started by Open MPI's
+/// `mpirun`, or by a PMIx launcher such as Slurm's `srun`).
+///
+/// kd started on its own never initialises MPI and behaves as a single process. Every collective
+/// here gives the same bits on every rank and does not depend on timing: sums are formed in rank
+/// order by kd, never by MPI's reduction operators (whose order depends on the algorithm MPI picks
+/// for the message size and the number of ranks).
+public final class Communicator: @unchecked Sendable {
+    public let rank: Int
+    public let size: Int
+    /// This rank's host, and how many of the job's ranks run on it.
+    public let host: String
+    public let ranksOnHost: Int
+    private let lock = NSLock()
+    private var sent = 0
+
+    private init(rank: Int, size: Int, host: String, ranksOnHost: Int) {
+        self.rank = rank
+        self.size = size
+        self.host = host
+        self.ranksOnHost = ranksOnHost
+    }
+
+    /// This process alone.
+    public static let single = Communicator(rank: 0, size: 1, host: ProcessInfo.processInfo.hostName, ranksOnHost: 1)
+
+    /// The job this process belongs to: `single` until `start()` joins an MPI job.
+    nonisolated(unsafe) public private(set) static var world = Communicator.single
+
+    /// Whether an MPI launcher started this process (Open MPI's mpirun sets OMPI_COMM_WORLD_SIZE;
+    /// PMIx launchers, srun among them, set PMIX_RANK).
+    public static var launchedByMPI: Bool {
+        let environment = ProcessInfo.processInfo.environment
+        return environment["OMPI_COMM_WORLD_SIZE"] != nil || environment["PMIX_RANK"] != nil
+    }
+
+    /// Joins the MPI job when an MPI launcher started this process; does nothing otherwise.
+    public static func start() throws {
+        guard launchedByMPI, world === single else { return }
+        var provided: Int32 = 0
+        try check(kd_mpi_init(&provided), "initialising MPI")
+        guard provided >= MPI_THREAD_MULTIPLE else {
+            throw KDError("MPI: this Open MPI does not support MPI_THREAD_MULTIPLE, which kd's device threads need")
+        }
+        var rank: Int32 = 0, size: Int32 = 0
+        try check(kd_mpi_rank(&rank), "reading the rank")
+        try check(kd_mpi_size(&size), "reading the job's size")
+        var name = [CChar](repeating: 0, count: Int(MPI_MAX_PROCESSOR_NAME) + 1)
+        var length: Int32 = 0
+        try check(kd_mpi_processor_name(&name, &length), "reading the host name")
+        let host = String(decoding: name.prefix(Int(max(0, min(length, MPI_MAX_PROCESSOR_NAME)))).map { UInt8(bitPattern: $0) },
+                          as: UTF8.self)
+        let joined = Communicator(rank: Int(rank), size: Int(size), host: host, ranksOnHost: 1)
+        // Ranks per host: every rank's host name, compared.
+        let width = Int(MPI_MAX_PROCESSOR_NAME)
+        var mine = [UInt8](repeating: 0, count: width)
+        for (i, byte) in host.utf8.prefix(width).enumerated() { mine[i] = byte }
+        let all = try joined.allGather(mine)
+        let hosts = (0..<joined.size).map { all[$0 * width ..< ($0 + 1) * width] }
+        world = Communicator(rank: joined.rank, size: joined.size, host: host,
+                             ranksOnHost: hosts.filter { $0 == hosts[joined.rank] }.count)
+    }
+
+    /// Leaves the MPI job (every rank must), when `start()` joined one.
+    public static func finish() {
+        guard world !== single else { return }
+        _ = kd_mpi_finalize()
+    }
+
+    /// Ends every rank of the job with `code` (this process alone when it is not in a job).
+    public func abort(code: Int32) -> Never {
+        if self !== Communicator.single { kd_mpi_abort(code) }
+        exit(code)
+    }
+
+    /// "rank R (host)" in a job of several ranks; nil alone.
+    public var label: String? { size > 1 ? "rank \(rank) (\(host))" : nil }
+
+    /// Bytes this rank has sent to other ranks.
+    public var bytesSent: Int { lock.withLock { sent } }
+
+    private func count(_ bytes: Int) { lock.withLock { sent += bytes } }
+
+    private static func check(_ code: Int32, _ what: String) throws {
+        guard code != 0 else { return }
+        var text = [CChar](repeating: 0, count: Int(MPI_MAX_ERROR_STRING) + 1)
+        var length: Int32 = 0
+        _ = kd_mpi_error_string(code, &text, &length)
+        let message = String(decoding: text.prefix(Int(max(0, min(length, MPI_MAX_ERROR_STRING)))).map { UInt8(bitPattern: $0) },
+                             as: UTF8.self)
+        throw KDError("MPI: \(what) failed: \(message.isEmpty ? "error \(code)" : message)")
+    }
+
+    /// The largest message of one MPI call, in bytes (MPI counts are 32-bit).
+    static let largestMessage = 1 << 28
+
+    // MARK: Collectives
+
+    /// Every rank's `bytes` (the same count on every rank), in rank order.
+    public func allGather(_ bytes: [UInt8]) throws -> [UInt8] {
+        guard size > 1 else { return bytes }
+        precondition(bytes.count <= Self.largestMessage / size, "allGather of \(bytes.count) bytes from \(size) ranks")
+        var out = [UInt8](repeating: 0, count: bytes.count * size)
+        try bytes.withUnsafeBytes { send in
+            try out.withUnsafeMutableBytes { receive in
+                try Self.check(kd_mpi_allgather_bytes(send.baseAddress, receive.baseAddress, Int32(bytes.count)), "gathering")
+            }
+        }
+        count(bytes.count * (size - 1))
+        return out
+    }
+
+    /// The sum over ranks of each element, added in rank order (the same bits on every rank).
+    public func sum(_ values: [Double]) throws -> [Double] {
+        guard size > 1 else { return values }
+        let all = try allGather(values.withUnsafeBytes { Array($0) })
+        return all.withUnsafeBytes { raw in
+            let gathered = raw.bindMemory(to: Double.self)
+            return values.indices.map { i in (1..<size).reduce(gathered[i]) { $0 + gathered[$1 * values.count + i] } }
+        }
+    }
+
+    /// The sum over ranks of each element.
+    public func sum(_ values: [Int]) throws -> [Int] {
+        guard size > 1 else { return values }
+        let all = try allGather(values.map { Int64($0) }.withUnsafeBytes { Array($0) })
+        return all.withUnsafeBytes { raw in
+            let gathered = raw.bindMemory(to: Int64.self)
+            return values.indices.map { i in Int((0..<size).reduce(Int64(0)) { $0 &+ gathered[$1 * values.count + i] }) }
+        }
+    }
+
+    /// The largest of the ranks' values.
+    public func maximum(_ value: Int) throws -> Int {
+        guard size > 1 else { return value }
+        let all = try allGather(withUnsafeBytes(of: Int64(value)) { Array($0) })
+        return all.withUnsafeBytes { Int($0.bindMemory(to: Int64.self).max()!) }
+    }
+
+    /// Returns once every rank has called it.
+    public func barrier() throws {
+        guard size > 1 else { return }
+        try Self.check(kd_mpi_barrier(), "waiting for the other ranks")
+    }
+
+    /// Root's bytes on every rank (other ranks' `bytes` are ignored).
+    public func broadcast(_ bytes: [UInt8], from root: Int) throws -> [UInt8] {
+        guard size > 1 else { return bytes }
+        let length = try allGather(withUnsafeBytes(of: Int64(rank == root ? bytes.count : 0)) { Array($0) })
+            .withUnsafeBytes { Int($0.bindMemory(to: Int64.self)[root]) }
+        guard length <= Self.largestMessage else { throw KDError("MPI: a broadcast of \(length) bytes is too large") }
+        var buffer = rank == root ? bytes : [UInt8](repeating: 0, count: length)
+        try buffer.withUnsafeMutableBytes { raw in
+            try Self.check(kd_mpi_broadcast_bytes(raw.baseAddress, Int32(length), Int32(root)), "broadcasting")
+        }
+        if rank == root { count(length * (size - 1)) }
+        return buffer
+    }
+
+    /// Replaces `values` by their sum over ranks, added in rank order, so every rank gets the same
+    /// bits whatever the timing. Each rank owns a 1/size segment: an all-to-all sends every segment
+    /// to its owner, the owner adds the ranks' copies in rank order, and an all-gather returns the
+    /// sums to every rank. Each rank sends 2·(size−1)/size of the values' bytes, as a ring
+    /// all-reduce does, in rounds of at most `largestMessage` bytes.
+    public func sumInRankOrder(_ values: UnsafeMutablePointer<Float>, count total: Int) throws {
+        guard size > 1, total > 0 else { return }
+        let round = Self.largestMessage / MemoryLayout<Float>.stride / size
+        var send = [Float](), receive = [Float]()
+        for start in stride(from: 0, to: total, by: round) {
+            let n = min(round, total - start)
+            let segment = (n + size - 1) / size
+            send.removeAll(keepingCapacity: true)
+            send.append(contentsOf: UnsafeBufferPointer(start: values + start, count: n))
+            send.append(contentsOf: repeatElement(0, count: segment * size - n))
+            receive = [Float](repeating: 0, count: segment * size)
+            try send.withUnsafeBufferPointer { s in
+                try receive.withUnsafeMutableBufferPointer { r in
+                    try Self.check(kd_mpi_alltoall_floats(s.baseAddress, r.baseAddress, Int32(segment)), "exchanging gradients")
+                }
+            }
+            var owned = [Float](repeating: 0, count: segment)
+            for i in 0..<segment {
+                var sum = receive[i]
+                for source in 1..<size { sum += receive[source * segment + i] }
+                owned[i] = sum
+            }
+            try owned.withUnsafeBytes { o in
+                try send.withUnsafeMutableBytes { s in
+                    try Self.check(kd_mpi_allgather_bytes(o.baseAddress, s.baseAddress, Int32(o.count)), "gathering gradients")
+                }
+            }
+            (values + start).update(from: send, count: n)
+            count(2 * (size - 1) * segment * MemoryLayout<Float>.stride)
+        }
+    }
+}
