@@ -42,17 +42,19 @@ public struct Generator {
     }
 
     /// Generates for each prompt. `onToken(row, id)` sees every token as it is chosen; the stop
-    /// strings are checked on the text `decode` gives (when a tokenizer is at hand).
+    /// strings are checked on the text `decode` gives (when a tokenizer is at hand). Prompt i
+    /// samples from stream `firstStream + i` of the sampling seed (a batch's rows held by
+    /// several processes sample as they would together).
     public func generate(
         _ prompts: [[Int]], maxNewTokens: Int, sampling: Sampling, stop: StopCondition,
-        decode: (([Int]) -> String)? = nil, onToken: (Int, Int) -> Void = { _, _ in }
+        decode: (([Int]) -> String)? = nil, firstStream: Int = 0, onToken: (Int, Int) -> Void = { _, _ in }
     ) throws -> [Generation] {
         guard !prompts.isEmpty else { return [] }
         guard prompts.allSatisfy({ !$0.isEmpty }) else { throw KDError("a prompt needs at least one token") }
         try sampling.validate()
         let capacity = (prompts.map(\.count).max() ?? 0) + maxNewTokens
         let cache = try KVCache(model: model, rows: prompts.count, capacity: capacity)
-        var rngs = prompts.indices.map { RandomGenerator(seed: sampling.seed, stream: UInt64($0)) }
+        var rngs = prompts.indices.map { RandomGenerator(seed: sampling.seed, stream: UInt64(firstStream + $0)) }
         var results = [Generation](repeating: Generation(), count: prompts.count)
         var active = Array(prompts.indices)
         let vocab = model.spec.vocabSize

@@ -64,6 +64,14 @@ public enum DistillationLoss {
 
         public init() {}
 
+        /// The totals of every rank, summed in rank order.
+        public mutating func sum(over communicator: Communicator) throws {
+            let sums = try communicator.sum([kl, divergence, ce])
+            (kl, divergence, ce) = (sums[0], sums[1], sums[2])
+            let counts = try communicator.sum([agreements, rows, ceRows])
+            (agreements, rows, ceRows) = (counts[0], counts[1], counts[2])
+        }
+
         public mutating func add(_ other: Totals) {
             kl += other.kl
             divergence += other.divergence

@@ -25,7 +25,8 @@ public struct ComputeBudget: Sendable {
     public static let balancedRatio = 1.5
 
     public init(threads: Int?, concurrency: Concurrency = .auto, disjointDevices: Bool = true, workRatio: Double = 1) {
-        let threads = max(1, threads ?? ProcessInfo.processInfo.activeProcessorCount)
+        // Ranks of an MPI job on one host share its cores.
+        let threads = max(1, threads ?? ProcessInfo.processInfo.activeProcessorCount / Communicator.world.ranksOnHost)
         self.threads = threads
         switch concurrency {
         case .auto: concurrent = threads >= 2 && disjointDevices && workRatio <= Self.balancedRatio

@@ -50,20 +50,24 @@ public struct OnPolicy {
         return Double(rng.nextUniform()) < settings.fraction
     }
 
-    /// The on-policy micro-batch of `examples`: each prompt followed by the student's sampled
-    /// continuation (at most max_new_tokens, and within data.max_seq_len), only those tokens scored.
-    public func batch(_ examples: [Example], student: CausalLM, step: Int, micro: Int, padID: Int) throws -> PaddedBatch {
+    /// The on-policy micro-batch of `examples[rows]` (a data-parallel replica's share; all of them
+    /// alone): each prompt followed by the student's sampled continuation (at most max_new_tokens,
+    /// and within data.max_seq_len for every prompt of the micro-batch), only those tokens scored.
+    /// Row i samples from stream i of the micro-batch's seed, whichever replica holds it.
+    public func batch(_ examples: [Example], rows: Range<Int>, student: CausalLM, step: Int, micro: Int, padID: Int) throws
+        -> PaddedBatch {
         var rng = stream(step: step, micro: micro)
         _ = rng.nextUniform()  // the on-policy draw
-        let prompts = try examples.map { example in
+        let allPrompts = try examples.map { example in
             guard let prompt = OnPolicy.prompt(of: example) else { throw KDError("line \(example.line): the example has no prompt") }
             return prompt
         }
-        let room = prompts.map { maxSeqLen - $0.count }.min() ?? 1
+        let room = allPrompts.map { maxSeqLen - $0.count }.min() ?? 1
+        let examples = Array(examples[rows]), prompts = Array(allPrompts[rows])
         let sampling = Sampling(temperature: Float(settings.temperature), topP: settings.topP < 1 ? Float(settings.topP) : nil,
                                 seed: rng.next())
         let generations = try Generator(model: student).generate(
-            prompts, maxNewTokens: max(1, min(settings.maxNewTokens, room)), sampling: sampling, stop: stop)
+            prompts, maxNewTokens: max(1, min(settings.maxNewTokens, room)), sampling: sampling, stop: stop, firstStream: rows.lowerBound)
         let sampled = zip(examples, zip(prompts, generations)).map { example, pair in
             Example(inputIDs: pair.0 + pair.1.ids, labels: [Int](repeating: Example.ignored, count: pair.0.count) + pair.1.ids,
                     line: example.line)

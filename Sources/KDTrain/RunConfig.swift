@@ -13,6 +13,7 @@ public struct RunConfig: Equatable, Sendable {
         public var seed = 42
         public var threads: Int? = nil
         public var concurrency = Concurrency.auto
+        public var dataParallel = 1
     }
 
     public struct Devices: Equatable, Sendable {
@@ -239,6 +240,8 @@ extension RunConfig {
         field("run.seed", \.run.seed, "Seed of every random choice: LoRA init, shuffling, dropout."),
         field("run.threads", \.run.threads, "Cores kd uses; null = all of them."),
         field("run.concurrency", \.run.concurrency, "Teacher and student at the same time: on, off, or auto (on from 2 threads up, on disjoint devices, when their work per token is within 1.5×)."),
+        field("run.data_parallel", \.run.dataParallel,
+              "Replicas of the whole run, one per MPI rank (mpirun -n N kd train ...): each takes its share of every micro-batch, and their LoRA gradients are summed in rank order before clipping."),
         field("devices.count", \.devices.count, "Number of logical devices; null = enough for the ids used."),
         field("devices.memory_per_device", \.devices.memoryPerDevice, "Budget of each device (e.g. 80GiB), enforced; null = unlimited."),
         field("teacher.path", \.teacher.path, "Teacher model directory (config.json + safetensors)."),
@@ -417,6 +420,7 @@ extension RunConfig {
         try range(run.seed, "run.seed", 0...Int(Int64.max))
         if let threads = run.threads { try range(threads, "run.threads", 1...Limits.threads) }
         if let count = devices.count { try range(count, "devices.count", 1...Limits.devices) }
+        try range(run.dataParallel, "run.data_parallel", 1...Limits.ranks)
         for (name, model) in [("teacher", teacher), ("student", student)] {
             try require(!model.devices.isEmpty, "\(name).devices", "must list at least one device id")
             try require(Set(model.devices).count == model.devices.count, "\(name).devices", "lists a device twice")
@@ -451,6 +455,9 @@ extension RunConfig {
         try range(train.maxSteps, "train.max_steps", 0...Limits.steps)
         try range(train.batchSize, "train.batch_size", 1...Limits.batch)
         try range(train.gradAccumSteps, "train.grad_accum_steps", 1...Limits.batch)
+        try require(train.batchSize * train.gradAccumSteps >= run.dataParallel, "train.batch_size",
+                    "× train.grad_accum_steps (\(train.batchSize) × \(train.gradAccumSteps)) must be at least run.data_parallel "
+                        + "(\(run.dataParallel)): every replica needs a row of each step")
         try require(train.batchSize * data.maxSeqLen <= Limits.tokens, "train.batch_size",
                     "× data.max_seq_len (\(train.batchSize) × \(data.maxSeqLen)) must be at most \(Limits.tokens) tokens per micro-batch")
         try require(train.lr >= 0, "train.lr", "must not be negative")
@@ -470,11 +477,24 @@ extension RunConfig {
     public enum Limits {
         public static let threads = 1024
         public static let devices = 1024
+        public static let ranks = 1024
         public static let steps = 1 << 40
         public static let batch = 1 << 16
         public static let sequence = 1 << 20
         /// Tokens in one micro-batch (batch_size × max_seq_len), and in one loss chunk.
         public static let tokens = 1 << 24
+    }
+
+    /// Fails unless this process's MPI job has the ranks the run needs: one per data-parallel
+    /// replica (kd alone is one rank).
+    public func checkRanks(_ communicator: Communicator) throws {
+        let replicas = run.dataParallel
+        if communicator.size == replicas { return }
+        if communicator.size == 1 {
+            throw KDError("run.data_parallel is \(replicas): start one MPI rank per replica (mpirun -n \(replicas) kd train ...)")
+        }
+        throw KDError("kd runs as \(communicator.size) MPI ranks but run.data_parallel is \(replicas): start one rank per "
+            + "replica (each rank holds a replica's whole device set; pipeline stages across ranks are not supported yet)")
     }
 
     /// Fails when a required path is not set.

@@ -38,13 +38,18 @@ public struct StepMetrics: Sendable {
     /// student_loss, student_recompute, student_backward (`Trainer.phases`) and optimizer. Teacher
     /// and student phases that ran side by side both count in full.
     public var phaseMs: [String: Double] = [:]
+    /// The run's MPI ranks (1 alone), and the bytes all of them sent each other for the step
+    /// (gradients, totals, the stop check; what the step's own totals exchange sends counts in the next step).
+    public var ranks = 1
+    public var bytesSent = 0
 
     /// The metrics.jsonl object.
     public var json: [String: Any] {
         ["step": step, "loss": loss, "kl_loss": klLoss, "divergence": divergence, "ce_loss": ceLoss, "grad_norm": gradNorm, "lr": lr,
          "tokens": tokens, "scored_tokens": scoredTokens, "tokens_per_s": tokensPerSecond, "teacher_ms": teacherMs,
          "student_ms": studentMs, "transfer_bytes": transferBytes, "on_policy_tokens": onPolicyTokens, "generation_ms": generationMs, "elapsed_s": elapsedSeconds, "top1_agreement": agreement,
-         "device_peak_bytes": devicePeakBytes, "peak_rss_bytes": peakRSSBytes, "phase_ms": phaseMs]
+         "device_peak_bytes": devicePeakBytes, "peak_rss_bytes": peakRSSBytes, "phase_ms": phaseMs,
+         "ranks": ranks, "bytes_sent": bytesSent]
     }
 }
 
@@ -135,6 +140,8 @@ public struct RunModels {
 public final class Trainer {
     public let config: RunConfig
     public let models: RunModels
+    /// The run's ranks: each is a data-parallel replica that takes its share of every micro-batch.
+    public let communicator: Communicator
     public let dataset: Dataset
     public let pass: DistillationPass
     public let optimizer: AdamW
@@ -156,8 +163,11 @@ public final class Trainer {
 
     /// Builds the run: the models (see `RunModels.load`), the adapters, the data, and the state of
     /// `resumeFrom` (a checkpoint directory) when given.
-    public init(config: RunConfig, resumeFrom: String? = nil, onLoad: (String) -> Void = { _ in }) throws {
+    public init(config: RunConfig, resumeFrom: String? = nil, communicator: Communicator = .world,
+                onLoad: (String) -> Void = { _ in }) throws {
         self.config = config
+        try config.checkRanks(communicator)
+        self.communicator = communicator
         dataset = try config.loadDataset(config.data.train, key: "data.train")
         try config.checkVocabulary(dataset)
         if config.distill.onPolicy.fraction > 0 { try OnPolicy.checkPrompts(dataset, key: "data.train") }
@@ -229,6 +239,19 @@ public final class Trainer {
         return (batches, sampler)
     }
 
+    /// This replica's rows of micro-batch `micro` of a step, of `count` examples: the replicas cut
+    /// it into `size` contiguous shares as even as it goes, and replica r takes share (r + micro)
+    /// mod size, so that micro-batches of fewer rows than replicas still spread over all of them.
+    func replicaRows(_ count: Int, micro: Int) -> Range<Int> {
+        let size = communicator.size, share = (communicator.rank + micro) % size
+        return count * share / size ..< count * (share + 1) / size
+    }
+
+    /// This replica's share of a micro-batch drawn off-policy (perhaps no row).
+    private func replicaBatch(_ examples: [Example], micro: Int) -> PaddedBatch {
+        PaddedBatch(Array(examples[replicaRows(examples.count, micro: micro)]), padID: padID)
+    }
+
     /// Runs one optimizer step over `grad_accum_steps` micro-batches. Fails, without updating
     /// anything, when the loss or the gradient is not finite.
     public func trainStep() throws -> StepMetrics {
@@ -243,24 +266,29 @@ public final class Trainer {
         var batches: [PaddedBatch] = []
         for (micro, examples) in drawn.enumerated() {
             guard onPolicyMicro[micro] else {
-                batches.append(PaddedBatch(examples, padID: padID))
+                batches.append(replicaBatch(examples, micro: micro))
                 continue
             }
             let generationStart = ContinuousClock.now
-            let batch = try onPolicy.batch(examples, student: student, step: step, micro: micro, padID: padID)
+            let batch = try onPolicy.batch(examples, rows: replicaRows(examples.count, micro: micro), student: student, step: step, micro: micro,
+                                           padID: padID)
             metrics.generationMs += (ContinuousClock.now - generationStart).seconds * 1000
             metrics.onPolicyTokens += batch.scoredTokens
             batches.append(batch)
         }
-        let scored = batches.reduce(0) { $0 + $1.scoredTokens }
+        // N counts every replica's scored tokens: each replica's gradients are already of the global mean.
+        let scored = try communicator.sum([batches.reduce(0) { $0 + $1.scoredTokens }])[0]
         guard scored > 0 else { throw KDError("step \(step + 1): the batch has no scored tokens") }
         for (_, adapter) in adapters { try adapter.zeroGradients() }
         var totals = DistillationLoss.Totals()
-        for (micro, batch) in batches.enumerated() {
+        for (micro, batch) in batches.enumerated() where batch.batchSize > 0 {
             for (name, adapter) in adapters {
-                adapter.dropoutStream = RandomGenerator(
-                    seed: UInt64(config.run.seed), stream: RandomGenerator.hash("dropout"), UInt64(step), UInt64(micro),
-                    RandomGenerator.hash(name))
+                // Replicas hold different rows, so each draws its own masks.
+                adapter.dropoutStream = communicator.size == 1
+                    ? RandomGenerator(seed: UInt64(config.run.seed), stream: RandomGenerator.hash("dropout"), UInt64(step),
+                                      UInt64(micro), RandomGenerator.hash(name))
+                    : RandomGenerator(seed: UInt64(config.run.seed), stream: RandomGenerator.hash("dropout"), UInt64(step),
+                                      UInt64(micro), RandomGenerator.hash(name), UInt64(communicator.rank))
             }
             let stream = prefetched ?? pass.startTeacher(batch)
             prefetched = nil
@@ -269,11 +297,12 @@ public final class Trainer {
                 // While the student finishes this micro-batch, the teacher starts on the next one
                 // (not on the next step's when that one is on-policy: it is sampled after this step).
                 guard budget.concurrent else { return }
-                if micro + 1 < batches.count {
-                    prefetched = pass.startTeacher(batches[micro + 1])
+                if let next = batches[(micro + 1)...].firstIndex(where: { $0.batchSize > 0 }) {
+                    if next == micro + 1 { prefetched = pass.startTeacher(batches[next]) }
                 } else if step + 1 < config.train.maxSteps && !onPolicy.isOnPolicy(step: step + 1, micro: 0) {
                     upcoming = drawBatches(from: sampler)
-                    prefetched = pass.startTeacher(PaddedBatch(upcoming!.batches[0], padID: padID))
+                    let first = replicaBatch(upcoming!.batches[0], micro: 0)
+                    if first.batchSize > 0 { prefetched = pass.startTeacher(first) }
                 }
             }
             totals.add(result.totals)
@@ -282,6 +311,11 @@ public final class Trainer {
             metrics.phaseMs.merge(result.teacherPhases.mapValues { $0 * 1000 }, uniquingKeysWith: +)
             metrics.transferBytes += result.transferBytes
             metrics.tokens += batch.attentionMask.reduce(0) { $0 + Int($1) }
+        }
+        if communicator.size > 1 {
+            try sumGradientsOverReplicas()
+            try totals.sum(over: communicator)
+            metrics.tokens = try communicator.sum([metrics.tokens])[0]
         }
         let n = Double(scored)
         let alpha = config.distill.alpha, temperature = config.distill.temperature
@@ -315,7 +349,37 @@ public final class Trainer {
         metrics.devicePeakBytes = devices.devices.map(\.peakBytes)
         metrics.peakRSSBytes = Self.peakResidentBytes()
         metrics.phaseMs.merge(phases.take().mapValues { $0 * 1000 }, uniquingKeysWith: +)
+        metrics.ranks = communicator.size
+        let sent = communicator.bytesSent
+        metrics.bytesSent = try communicator.sum([sent - bytesSentBefore])[0]
+        bytesSentBefore = sent
         return metrics
+    }
+
+    /// This rank's `Communicator.bytesSent` when the last step's metrics were taken.
+    private var bytesSentBefore = 0
+
+    /// Replaces every replica's adapter gradients by their sum over the replicas, added in rank
+    /// order: all replicas then clip and step identically. The gradients travel as one buffer.
+    private func sumGradientsOverReplicas() throws {
+        let tensors = adapters.flatMap { [$0.adapter.gradA!, $0.adapter.gradB!] }
+        var flat = [Float](repeating: 0, count: tensors.reduce(0) { $0 + $1.count })
+        try flat.withUnsafeMutableBufferPointer { buffer in
+            let base = buffer.baseAddress!
+            var offset = 0
+            for tensor in tensors {
+                let at = base + offset
+                try tensor.device.run { at.update(from: tensor.data, count: tensor.count) }
+                offset += tensor.count
+            }
+            try communicator.sumInRankOrder(base, count: buffer.count)
+            offset = 0
+            for tensor in tensors {
+                let at = base + offset
+                try tensor.device.run { tensor.data.update(from: at, count: tensor.count) }
+                offset += tensor.count
+            }
+        }
     }
 
     /// The process's peak resident set size in bytes (getrusage's ru_maxrss, in KiB on Linux); 0
@@ -378,6 +442,8 @@ public final class Trainer {
         if config.teacher.dtype != .bf16 { ignored.insert("teacher.dtype") }
         if config.student.dtype != .bf16 { ignored.insert("student.dtype") }
         if config.data.teacherCache == nil { ignored.insert("data.teacher_cache") }
+        // Replicas sum the gradients in another order (and draw dropout masks per replica).
+        if config.run.dataParallel == 1 { ignored.insert("run.data_parallel") }
         if config.distill.onPolicy.fraction == 0 {
             ignored.formUnion(["distill.on_policy.fraction", "distill.on_policy.max_new_tokens", "distill.on_policy.temperature",
                                "distill.on_policy.top_p"])

@@ -5,6 +5,11 @@ import KDText
 
 /// The training loop around a `Trainer`: the output directory, metrics.jsonl, checkpoints on
 /// schedule, stopping on request, and the final model.
+///
+/// In a job of several ranks (data-parallel replicas), rank 0 alone owns the output directory: it
+/// takes the lock, chooses the checkpoint to resume from (every rank reads that one; the directory
+/// must be on a file system all hosts see), writes metrics.jsonl, the checkpoints and the final
+/// model, and evaluates. A stop asked of any rank stops all of them after the same step.
 public final class TrainingRun {
     public enum Resume: Equatable {
         /// The newest complete checkpoint in output_dir, or a fresh start when there is none.
@@ -24,18 +29,48 @@ public final class TrainingRun {
     public let evalDataset: Dataset?
     public let resumedFrom: String?
     let metricsPath: String
-    /// Held for the life of the run (and so of the process).
-    let lock: RunDirectoryLock
+    /// Held for the life of the run (and so of the process), by rank 0.
+    let lock: RunDirectoryLock?
+    let communicator: Communicator
+    /// Whether this process writes the run's files (rank 0).
+    var writes: Bool { communicator.rank == 0 }
     /// Called before clipping with each step's gradients (for checking against a reference).
     public var gradientSink: ((Int, [(name: String, tensor: Tensor)]) throws -> Void)?
 
     /// Takes the output directory (see `RunDirectoryLock`) before reading or writing anything in it,
     /// removes what an interrupted run left half-written, then loads the run and its checkpoint.
-    public init(config: RunConfig, resume: Resume?, onNote: (String) -> Void) throws {
+    public init(config: RunConfig, resume: Resume?, communicator: Communicator = .world, onNote: (String) -> Void) throws {
+        try config.checkRanks(communicator)
+        self.communicator = communicator
         outputDir = config.run.outputDir
         metricsPath = (outputDir as NSString).appendingPathComponent("metrics.jsonl")
-        lock = try RunDirectoryLock(directory: outputDir)
-        for note in Self.removeLeftovers(in: outputDir) { onNote(note) }
+        let from: String?
+        if communicator.rank == 0 {
+            lock = try RunDirectoryLock(directory: outputDir)
+            for note in Self.removeLeftovers(in: outputDir) { onNote(note) }
+            from = try Self.checkpointToResume(resume, outputDir: outputDir, metricsPath: metricsPath, onNote: onNote)
+        } else {
+            lock = nil
+            from = nil
+        }
+        // Rank 0's choice, on every rank ("" for none).
+        let chosen = String(decoding: try communicator.broadcast(Array((from ?? "").utf8), from: 0), as: UTF8.self)
+        evalDataset = try config.data.eval.map { try config.loadDataset($0, key: "data.eval") }
+        if let evalDataset { try config.checkVocabulary(evalDataset) }
+        if let evalDataset, let cache = config.data.teacherCache {
+            try TeacherCache.manifestAndSpec(directory: cache).manifest.checkData(
+                split: "eval", dataset: evalDataset, key: "data.eval", directory: cache)
+        }
+        trainer = try Trainer(config: config, resumeFrom: chosen.isEmpty ? nil : chosen, communicator: communicator, onLoad: onNote)
+        resumedFrom = chosen.isEmpty ? nil : chosen
+        for note in trainer.notes { onNote(note) }
+        if writes { try truncateMetrics(after: trainer.step) }
+    }
+
+    /// The checkpoint a run resumes from (nil: from the start), refusing to start over a run
+    /// without `--resume`.
+    static func checkpointToResume(_ resume: Resume?, outputDir: String, metricsPath: String, onNote: (String) -> Void) throws
+        -> String? {
         var from: String?
         switch resume {
         case .directory(let path):
@@ -51,16 +86,7 @@ public final class TrainingRun {
                 throw KDError("\(outputDir) already holds a run: resume it with --resume, or choose another run.output_dir")
             }
         }
-        evalDataset = try config.data.eval.map { try config.loadDataset($0, key: "data.eval") }
-        if let evalDataset { try config.checkVocabulary(evalDataset) }
-        if let evalDataset, let cache = config.data.teacherCache {
-            try TeacherCache.manifestAndSpec(directory: cache).manifest.checkData(
-                split: "eval", dataset: evalDataset, key: "data.eval", directory: cache)
-        }
-        trainer = try Trainer(config: config, resumeFrom: from, onLoad: onNote)
-        resumedFrom = from
-        for note in trainer.notes { onNote(note) }
-        try truncateMetrics(after: trainer.step)
+        return from
     }
 
     /// Removes the staging files and directories (`*.tmp-<pid>`) and the checkpoints being deleted
@@ -112,23 +138,31 @@ public final class TrainingRun {
 
     /// Trains to `train.max_steps`. `onStep` gets every logged step; `stopRequested` is polled
     /// between steps and returns the signal that asked to stop.
+    /// In a job of several ranks, every rank runs this; `onStep` is called on rank 0.
     public func run(onStep: (StepMetrics) -> Void, stopRequested: () -> Int32?) throws -> Outcome {
         let config = trainer.config
         let start = ContinuousClock.now
-        let metricsFile = open(metricsPath, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o666)
-        guard metricsFile >= 0 else { throw writeError(metricsPath, errno: errno) }
-        defer { close(metricsFile) }
-        // A checkpoint on disk implies the metrics lines of its steps are on disk too.
-        let checkpoint = { [trainer, metricsPath] () throws -> String in
-            if fsync(metricsFile) != 0 { throw writeError(metricsPath, errno: errno) }
-            return try trainer.saveCheckpoint()
+        let metricsFile = writes ? open(metricsPath, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o666) : -1
+        guard metricsFile >= 0 || !writes else { throw writeError(metricsPath, errno: errno) }
+        defer { if metricsFile >= 0 { close(metricsFile) } }
+        // A checkpoint on disk implies the metrics lines of its steps are on disk too. Other ranks
+        // wait until rank 0 has written it.
+        let checkpoint = { [trainer, metricsPath, outputDir, writes, communicator] () throws -> String in
+            if writes {
+                if fsync(metricsFile) != 0 { throw writeError(metricsPath, errno: errno) }
+                _ = try trainer.saveCheckpoint()
+            }
+            try communicator.barrier()
+            return (outputDir as NSString).appendingPathComponent("checkpoint-\(trainer.step)")
         }
         var lastCheckpointStep = resumedFrom == nil ? -1 : trainer.step
         while trainer.step < config.train.maxSteps {
-            if let signal = stopRequested() {
+            // Every rank stops after the same step: the largest signal number any rank received.
+            let requested = try communicator.maximum(Int(stopRequested() ?? 0))
+            if requested != 0 {
                 let path = lastCheckpointStep == trainer.step
                     ? (outputDir as NSString).appendingPathComponent("checkpoint-\(trainer.step)") : try checkpoint()
-                return .stopped(signal: signal, checkpoint: path)
+                return .stopped(signal: Int32(requested), checkpoint: path)
             }
             var metrics: StepMetrics
             do {
@@ -142,7 +176,7 @@ public final class TrainingRun {
                     + (last.map { "The last good checkpoint is \($0.path)" } ?? "No checkpoint was written yet"))
             }
             metrics.elapsedSeconds = (ContinuousClock.now - start).seconds
-            if metrics.step % config.log.everySteps == 0 || metrics.step == config.train.maxSteps {
+            if writes && (metrics.step % config.log.everySteps == 0 || metrics.step == config.train.maxSteps) {
                 let line = try JSONSerialization.data(withJSONObject: metrics.json, options: [.sortedKeys])
                 let failure = writeAll(metricsFile, line + Data("\n".utf8))
                 if failure != 0 { throw writeError(metricsPath, errno: failure) }
@@ -154,13 +188,15 @@ public final class TrainingRun {
             }
         }
         if lastCheckpointStep != trainer.step { _ = try checkpoint() }
-        try writeFinalModel()
+        if writes { try writeFinalModel() }
+        try communicator.barrier()
         return .finished
     }
 
     /// Base vs distilled on `data.eval`, written to `<output_dir>/eval.json`; nil without eval data.
+    /// Rank 0 evaluates; other ranks return nil.
     public func evaluate() throws -> (base: HeldOutReport, distilled: HeldOutReport)? {
-        guard let evalDataset else { return nil }
+        guard let evalDataset, writes else { return nil }
         let (base, distilled) = try Evaluation.baseAndAdapted(
             trainer.pass.reading(split: "eval"), dataset: evalDataset, batchSize: trainer.config.train.batchSize, padID: trainer.padID)
         try writeJSON(["step": trainer.step, "data": evalDataset.path, "base": base.json, "distilled": distilled.json],

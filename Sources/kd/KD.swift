@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import KDCore
 
 @main
 struct KD: ParsableCommand {
@@ -31,18 +32,30 @@ struct KD: ParsableCommand {
             index += 1
         }
         do {
+            // Under mpirun or srun, this process is one rank of a job (alone: nothing happens).
+            try Communicator.start()
+        } catch {
+            Console.error((error as? KDError)?.message ?? "\(error)")
+            Foundation.exit(1)
+        }
+        do {
             var command = try parseAsRoot(arguments)
             try command.run()
+            Communicator.finish()
         } catch {
             let code = exitCode(for: error)
-            // --help and --version print their text; errors that already printed theirs just exit.
-            if code == .success || error is ExitCode { exit(withError: error) }
+            // --help and --version print their text; errors that already printed theirs just exit
+            // (a failed rank has already ended the job; a stopped run leaves it in order).
+            if code == .success || error is ExitCode {
+                Communicator.finish()
+                exit(withError: error)
+            }
             // Usage errors: one line (the first of the parser's message), not the usage screen.
             let message = message(for: error).split(separator: "\n").first.map(String.init) ?? "invalid arguments"
             let subcommand = arguments.first.flatMap { name in configuration.subcommands.contains { $0._commandName == name } ? name + " " : nil }
             Console.error((message.hasPrefix("Error: ") ? String(message.dropFirst("Error: ".count)) : message)
                 + " (see kd \(subcommand ?? "")--help)")
-            Foundation.exit(code.rawValue)
+            Communicator.world.abort(code: code.rawValue)
         }
     }
 }

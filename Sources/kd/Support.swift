@@ -4,37 +4,54 @@ import KDCore
 import KDModels
 
 /// A kd subcommand: its work in `execute()`, with every failure reported as one line on stderr
-/// and a non-zero exit code (never a trap or a stack trace).
+/// and a non-zero exit code (never a trap or a stack trace). In an MPI job of several ranks, a
+/// failure on any rank ends every rank (MPI_Abort), and only commands that run across ranks start.
 protocol KDCommand: ParsableCommand {
     func execute() throws
+    /// Whether the command runs as the ranks of an MPI job (else it refuses to start in one).
+    static var runsAcrossRanks: Bool { get }
 }
 
 extension KDCommand {
+    static var runsAcrossRanks: Bool { false }
+
     mutating func run() throws {
         do {
+            let world = Communicator.world
+            if world.size > 1 && !Self.runsAcrossRanks {
+                throw KDError("kd \(Self._commandName) runs in one process, not as \(world.size) MPI ranks (only kd train runs across ranks)")
+            }
             try execute()
-        } catch let error as KDError {
-            Console.error(error.message)
-            throw ExitCode(1)
         } catch let error as ExitCode {
             throw error
-        } catch let error as DecodingError {
-            Console.error(String(describing: error).split(separator: "\n").joined(separator: " "))
-            throw ExitCode(1)
         } catch {
-            Console.error(error.localizedDescription.split(separator: "\n").joined(separator: " "))
+            Console.error(Self.describe(error))
+            if Communicator.world.size > 1 { Communicator.world.abort(code: 1) }
             throw ExitCode(1)
+        }
+    }
+
+    static func describe(_ error: Error) -> String {
+        switch error {
+        case let error as KDError: error.message
+        case let error as DecodingError: String(describing: error).split(separator: "\n").joined(separator: " ")
+        default: error.localizedDescription.split(separator: "\n").joined(separator: " ")
         }
     }
 }
 
-/// Human output goes to stderr; machine output (JSON) to stdout.
+/// Human output goes to stderr; machine output (JSON) to stdout. In an MPI job, rank 0 prints
+/// both, and every rank its errors, with its rank and host.
 enum Console {
     /// One line, always: control characters are escaped and a message longer than a screenful
     /// is cut, whatever input it echoes.
     static func error(_ message: String) {
-        FileHandle.standardError.write(Data("kd: error: \(oneLine(message))\n".utf8))
+        let rank = Communicator.world.label.map { "\($0): " } ?? ""
+        FileHandle.standardError.write(Data("kd: error: \(rank)\(oneLine(message))\n".utf8))
     }
+
+    /// Whether this process prints its human and machine output (not a rank other than 0).
+    static var speaks: Bool { Communicator.world.rank == 0 }
 
     static func oneLine(_ message: String, limit: Int = 1000) -> String {
         var out = ""
@@ -55,19 +72,24 @@ enum Console {
     }
 
     static func info(_ message: String) {
+        guard speaks else { return }
         FileHandle.standardError.write(Data("\(message)\n".utf8))
     }
 
     /// One JSON object per line on stdout, keys sorted.
     static func json(_ object: Any, pretty: Bool = false) {
+        guard speaks else { return }
         var options: JSONSerialization.WritingOptions = [.sortedKeys, .withoutEscapingSlashes]
         if pretty { options.insert(.prettyPrinted) }
         let data = (try? JSONSerialization.data(withJSONObject: object, options: options)) ?? Data("{}".utf8)
         FileHandle.standardOutput.write(data + Data("\n".utf8))
     }
 
-    static var stdoutIsTerminal: Bool { isatty(STDOUT_FILENO) != 0 }
-    static var stderrIsTerminal: Bool { isatty(STDERR_FILENO) != 0 }
+    /// Whether the output is read by a person. Open MPI gives its ranks a pseudo-terminal whatever
+    /// mpirun's own output is, so a rank counts as writing to a pipe (metrics lines on stdout, plain
+    /// progress lines on stderr), which suits `mpirun ... | jq` and a log file alike.
+    static var stdoutIsTerminal: Bool { isatty(STDOUT_FILENO) != 0 && !Communicator.launchedByMPI }
+    static var stderrIsTerminal: Bool { isatty(STDERR_FILENO) != 0 && !Communicator.launchedByMPI }
 }
 
 /// Peak resident memory of this process, in bytes.

@@ -18,6 +18,8 @@ struct Train: KDCommand {
             lives (a lock on <output_dir>/.kd-lock, which holds its pid): a second run there is refused.
             """)
 
+    static var runsAcrossRanks: Bool { true }
+
     @Option(help: "Run config YAML (- for stdin).") var config: String
     @Option(name: .customLong("set"), help: "Override a key: key.path=value (repeatable).") var overrides: [String] = []
     @Option(help: "Resume: auto (newest checkpoint in output_dir) or a checkpoint directory.") var resume: String?
@@ -30,7 +32,7 @@ struct Train: KDCommand {
         let resumeMode: TrainingRun.Resume? = resume.map { $0 == "auto" ? .auto : .directory($0) }
         let training = try TrainingRun(config: run, resume: resumeMode) { Console.info($0) }
         if let from = training.resumedFrom { Console.info("resuming from \(from) at step \(training.trainer.step)") }
-        if saveGradients {
+        if saveGradients && Console.speaks {
             let directory = (run.run.outputDir as NSString).appendingPathComponent("gradients")
             try reportingWrites(to: directory) {
                 try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
@@ -52,7 +54,7 @@ struct Train: KDCommand {
         }
         installStopHandlers()
         let toStdout = json || !Console.stdoutIsTerminal
-        let progress = Progress(total: run.train.maxSteps, start: training.trainer.step, terminal: Console.stderrIsTerminal,
+        let progress = Progress(total: run.train.maxSteps, start: training.trainer.step, terminal: Console.stderrIsTerminal && Console.speaks,
                                 divergence: run.distill.loss == .forwardKL ? nil : run.distill.loss.rawValue)
         let outcome = try training.run(
             onStep: { metrics in

@@ -17,11 +17,30 @@ struct KDProcess {
     static let repository = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
         .deletingLastPathComponent().deletingLastPathComponent().path
 
+    /// Open MPI's launcher, and what the tests give it: as many ranks as asked on this host's cores
+    /// (`--oversubscribe`), permission to run as root (CI runs as root), and shared memory without
+    /// the ptrace-based single copy that containers often forbid.
+    static let mpirun = "/usr/bin/mpirun"
+    static func launch(ranks: Int, _ arguments: [String]) -> (executable: String, arguments: [String], environment: [String: String]) {
+        let environment = ProcessInfo.processInfo.environment.merging(
+            ["OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
+             "OMPI_MCA_btl_vader_single_copy_mechanism": "none"]) { _, new in new }
+        return (mpirun, ["-n", "\(ranks)", "--oversubscribe", binary] + arguments, environment)
+    }
+
+    /// Runs kd, or `ranks` copies of it under mpirun.
     @discardableResult
-    static func run(_ arguments: [String], stdin: String? = nil, directory: String? = nil) throws -> Result {
+    static func run(_ arguments: [String], stdin: String? = nil, directory: String? = nil, ranks: Int? = nil) throws -> Result {
         let process = Process()
-        process.executableURL = URL(fileURLWithPath: binary)
-        process.arguments = arguments
+        if let ranks {
+            let launch = launch(ranks: ranks, arguments)
+            process.executableURL = URL(fileURLWithPath: launch.executable)
+            process.arguments = launch.arguments
+            process.environment = launch.environment
+        } else {
+            process.executableURL = URL(fileURLWithPath: binary)
+            process.arguments = arguments
+        }
         if let directory { process.currentDirectoryURL = URL(fileURLWithPath: directory) }
         let out = Pipe(), err = Pipe(), input = Pipe()
         process.standardOutput = out

@@ -60,14 +60,15 @@ import KDModels
         return Array(UnsafeBufferPointer(start: tensor.data, count: tensor.count))
     }
 
-    /// `kd train` on the fixture with `extra` arguments; the metrics lines of stdout.
-    static func train(_ dir: String, output: String, _ extra: [String]) throws -> [[String: Any]] {
+    /// `kd train` on the fixture with `extra` arguments (as `ranks` MPI ranks when given); the
+    /// metrics lines of stdout.
+    static func train(_ dir: String, output: String, _ extra: [String], ranks: Int? = nil) throws -> [[String: Any]] {
         let result = try KDProcess.run([
             "train", "--config", dir + "/run.yaml", "--save-gradients",
             "--set", "run.output_dir=\(output)", "--set", "teacher.path=\(dir)/teacher",
             "--set", "student.path=\(dir)/student", "--set", "lora.init_from=\(dir)/adapter-init",
             "--set", "data.train=\(dir)/tokens.jsonl",
-        ] + extra)
+        ] + extra, ranks: ranks)
         #expect(result.status == 0, "\(result.stderr)")
         return result.stdout.split(separator: "\n").map { KDProcess.json(String($0)) }
     }
@@ -115,14 +116,22 @@ import KDModels
 
     @Test(arguments: ["dense-teacher", "moe-teacher"], ["f32", "bf16"])
     func matchesTorchAndPEFT(fixture: String, dtype: String) throws {
+        try Self.checkAgainstTorch(fixture: fixture, dtype: dtype)
+    }
+
+    /// Steps 1 and 2 of the fixture's run against torch + PEFT (see the type's documentation), run
+    /// by `kd train` alone, or by `replicas` data-parallel ranks under mpirun.
+    static func checkAgainstTorch(fixture: String, dtype: String, replicas: Int? = nil) throws {
         let dir = KDProcess.fixtures + "/train/" + fixture
         let out = KDProcess.temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: out) }
         let expected = try SafetensorsFile(path: dir + "/expected.safetensors")
         let held = ["--set", "teacher.dtype=\(dtype)", "--set", "student.dtype=\(dtype)"]
+            + (replicas.map { ["--set", "run.data_parallel=\($0)"] } ?? [])
+        let fixture = replicas.map { "\(fixture) (\($0) replicas)" } ?? fixture
 
         // Step 1, from the fixture's initial adapter.
-        let first = try Self.train(dir, output: out + "/first", ["--set", "train.max_steps=1"] + held)
+        let first = try Self.train(dir, output: out + "/first", ["--set", "train.max_steps=1"] + held, ranks: replicas)
         try #require(first.count == 1)
         let step1 = try Self.compare(step: 1, line: first[0], gradientsPath: out + "/first/gradients/step-1.safetensors",
                                      expected: expected)
@@ -133,7 +142,7 @@ import KDModels
         try FileManager.default.copyItem(atPath: dir + "/torch-step-1", toPath: state)
         try FileManager.default.copyItem(atPath: out + "/first/checkpoint-1/trainer_state.json",
                                          toPath: state + "/trainer_state.json")
-        let second = try Self.train(dir, output: out + "/second", ["--resume", state] + held)
+        let second = try Self.train(dir, output: out + "/second", ["--resume", state] + held, ranks: replicas)
         try #require(second.count == 1)
         #expect(second[0]["step"] as? Int == 2)
         let step2 = try Self.compare(step: 2, line: second[0], gradientsPath: out + "/second/gradients/step-2.safetensors",

@@ -1,0 +1,155 @@
+import Foundation
+import Testing
+import KDCore
+import KDModels
+
+/// `run.data_parallel`: replicas of the whole run as the ranks of an MPI job (`mpirun` on this
+/// host, `--oversubscribe`), each taking its share of every micro-batch and summing the LoRA
+/// gradients with the others in rank order before clipping.
+@Suite(.serialized) struct DataParallelTests {
+    static let fixture = TrainRunTests.fixture
+
+    /// Two replicas, one row of each two-row micro-batch each, pass the parity checks of a single
+    /// process against torch + PEFT, with the same tolerances: step 1's and step 2's losses and
+    /// gradients, and the adapter after the second AdamW step.
+    @Test(arguments: ["dense-teacher", "moe-teacher"])
+    func twoReplicasMatchTorchAndPEFT(fixture: String) throws {
+        try TrainParityTests.checkAgainstTorch(fixture: fixture, dtype: "f32", replicas: 2)
+    }
+
+    static func values(_ path: String) throws -> [String: [Float]] {
+        let file = try SafetensorsFile(path: path)
+        var out: [String: [Float]] = [:]
+        for name in file.tensors.keys { out[name] = try TrainParityTests.values(file, name) }
+        return out
+    }
+
+    /// Against one process on the same global batch: three replicas over micro-batches of four
+    /// rows (shares of 1, 1 and 2 rows) and two micro-batches a step. The metrics are sums of
+    /// non-negative terms and agree to 1e-6 + 1e-4·|x|; a gradient element is a sum with
+    /// cancellation whose rounding scales with its terms, bounded here by the largest element of its
+    /// tensor: 1e-6 + 1e-4·max|g|. Step 1 starts from the same state in both runs.
+    @Test func threeUnevenReplicasGiveTheSingleProcessGradients() throws {
+        let dir = KDProcess.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let common = ["--set", "train.batch_size=4", "--set", "train.grad_accum_steps=2", "--set", "lora.dropout=0",
+                      "--set", "train.lr_schedule=constant", "--save-gradients", "--json"]
+        let single = try KDProcess.run(TrainRunTests.arguments(dir + "/single", steps: 1, extra: common))
+        try #require(single.status == 0, "\(single.stderr)")
+        let replicated = try KDProcess.run(
+            TrainRunTests.arguments(dir + "/replicated", steps: 1, extra: common + ["--set", "run.data_parallel=3"]), ranks: 3)
+        try #require(replicated.status == 0, "\(replicated.stderr)")
+        let one = KDProcess.json(single.stdout), three = KDProcess.json(replicated.stdout)
+        #expect(replicated.stdout.split(separator: "\n").count == 1, "rank 0 alone prints the metrics: \(replicated.stdout)")
+        #expect(one["ranks"] as? Int == 1 && one["bytes_sent"] as? Int == 0)
+        #expect(three["ranks"] as? Int == 3)
+        #expect((three["bytes_sent"] as? Int ?? 0) > 0)
+        for key in ["tokens", "scored_tokens"] { #expect(one[key] as? Int == three[key] as? Int, "\(key)") }
+        for key in ["loss", "kl_loss", "ce_loss", "grad_norm", "top1_agreement"] {
+            let a = one[key] as? Double ?? .nan, b = three[key] as? Double ?? .nan
+            #expect(abs(a - b) <= 1e-6 + 1e-4 * abs(a), "\(key): \(a) vs \(b)")
+        }
+        let expected = try Self.values(dir + "/single/gradients/step-1.safetensors")
+        let got = try Self.values(dir + "/replicated/gradients/step-1.safetensors")
+        #expect(expected.count == 28 && got.keys.sorted() == expected.keys.sorted())
+        var worst = 0.0
+        for (name, want) in expected {
+            let have = got[name] ?? []
+            try #require(have.count == want.count, "\(name)")
+            let scale = Double(want.map { abs($0) }.max() ?? 0)
+            for i in want.indices {
+                let ratio = abs(Double(have[i]) - Double(want[i])) / (1e-6 + 1e-4 * scale)
+                worst = max(worst, ratio)
+                if !(ratio <= 1) {
+                    Issue.record("\(name)[\(i)]: \(have[i]) with 3 replicas, \(want[i]) alone")
+                    break
+                }
+            }
+        }
+        print("data parallel: 3 replicas vs 1 process, step 1 gradients: worst error / tolerance = \(worst)")
+    }
+
+    /// The ranks a process of mpirun's started, read from /proc.
+    static func children(of parent: pid_t) -> [pid_t] {
+        let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
+        return entries.compactMap { pid_t($0) }.filter { pid in
+            guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+                  let close = stat.range(of: ")", options: .backwards) else { return false }
+            let fields = stat[close.upperBound...].split(separator: " ")
+            return fields.count > 1 && pid_t(fields[1]) == parent
+        }
+    }
+
+    /// SIGKILL on one rank ends every rank, non-zero, within 10 s; the checkpoints left are whole,
+    /// and `--resume` (under mpirun again) finishes with the adapter and moments of an uninterrupted
+    /// run, byte for byte. Dropout and shuffling are on.
+    @Test func aKilledRankEndsTheJobAndResumeGivesTheUninterruptedAdapter() throws {
+        let dir = KDProcess.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let steps = 30
+        let extra = ["--set", "train.batch_size=2", "--set", "run.data_parallel=2", "--set", "train.lr_schedule=constant"]
+        let straight = try KDProcess.run(TrainRunTests.arguments(dir + "/straight", steps: steps, extra: extra), ranks: 2)
+        try #require(straight.status == 0, "\(straight.stderr)")
+
+        let run = dir + "/killed"
+        let launch = KDProcess.launch(ranks: 2, TrainRunTests.arguments(run, steps: 100_000, extra: extra))
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: launch.executable)
+        process.arguments = launch.arguments
+        process.environment = launch.environment
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        defer { if process.isRunning { process.terminate() } }
+        while !FileManager.default.fileExists(atPath: run + "/checkpoint-2/adapter_model.safetensors") {
+            try #require(process.isRunning, "the run ended before its first checkpoint")
+            usleep(10_000)
+        }
+        let ranks = Self.children(of: process.processIdentifier)
+        try #require(ranks.count == 2, "mpirun's children: \(ranks)")
+        let killed = ContinuousClock.now
+        kill(ranks[1], SIGKILL)
+        process.waitUntilExit()
+        let seconds = (ContinuousClock.now - killed).seconds
+        #expect(process.terminationStatus != 0)
+        #expect(seconds <= 10, "the job took \(seconds) s to end")
+        #expect(Self.children(of: process.processIdentifier).isEmpty)
+        let left = (try FileManager.default.contentsOfDirectory(atPath: run)).filter { $0.hasPrefix("checkpoint-") }
+        let newest = left.compactMap { Int($0.dropFirst("checkpoint-".count)) }.max() ?? 0
+        try #require(newest < steps, "the run passed step \(steps) before the kill")
+
+        let resumed = try KDProcess.run(TrainRunTests.arguments(run, steps: steps, extra: extra + ["--resume"]), ranks: 2)
+        #expect(resumed.status == 0, "\(resumed.stderr)")
+        #expect(resumed.stderr.contains("resuming from \(run)/checkpoint-\(newest) at step \(newest)"), "\(resumed.stderr)")
+        #expect(!resumed.stderr.contains("skipping"), "every checkpoint left is whole: \(resumed.stderr)")
+        for name in ["final_model/adapter_model.safetensors", "checkpoint-\(steps)/optimizer.safetensors"] {
+            let a = FileManager.default.contents(atPath: "\(dir)/straight/\(name)")
+            #expect(a != nil && a == FileManager.default.contents(atPath: "\(run)/\(name)"), "\(name) differs")
+        }
+        print("data parallel: the job ended \(seconds) s after SIGKILL of one rank")
+    }
+
+    /// A run whose ranks do not match its replicas, and commands that run in one process, stop
+    /// with one line per failing rank naming it, and a non-zero exit.
+    @Test func ranksMustMatchTheReplicas() throws {
+        let dir = KDProcess.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let replicas = ["--set", "run.data_parallel=2", "--set", "train.batch_size=2"]
+        let alone = try KDProcess.run(TrainRunTests.arguments(dir + "/a", steps: 1, extra: replicas))
+        #expect(alone.status == 1)
+        #expect(alone.stderr == "kd: error: run.data_parallel is 2: start one MPI rank per replica (mpirun -n 2 kd train ...)\n")
+        let tooMany = try KDProcess.run(TrainRunTests.arguments(dir + "/b", steps: 1), ranks: 2)
+        #expect(tooMany.status != 0)
+        #expect(tooMany.stderr.contains("kd: error: rank "), "\(tooMany.stderr)")
+        #expect(tooMany.stderr.contains("kd runs as 2 MPI ranks but run.data_parallel is 1"), "\(tooMany.stderr)")
+        #expect(!FileManager.default.fileExists(atPath: dir + "/b/metrics.jsonl"))
+        let smallBatch = try KDProcess.run(TrainRunTests.arguments(dir + "/c", steps: 1, extra: ["--set", "run.data_parallel=2"]),
+                                           ranks: 2)
+        #expect(smallBatch.status != 0)
+        #expect(smallBatch.stderr.contains("train.batch_size × train.grad_accum_steps (1 × 1) must be at least run.data_parallel (2)"),
+                "\(smallBatch.stderr)")
+        let forward = try KDProcess.run(["plan", "--config", Self.fixture + "/run.yaml"], ranks: 2)
+        #expect(forward.status != 0)
+        #expect(forward.stderr.contains("kd plan runs in one process, not as 2 MPI ranks"), "\(forward.stderr)")
+    }
+}
