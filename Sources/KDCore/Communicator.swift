@@ -160,6 +160,16 @@ public final class Communicator: @unchecked Sendable {
         return buffer
     }
 
+    /// The bytes one rank sends in `sumInRankOrder` of `count` values over `ranks` ranks.
+    public static func bytesSentBySumInRankOrder(count total: Int, ranks: Int) -> Int {
+        guard ranks > 1, total > 0 else { return 0 }
+        let round = largestMessage / MemoryLayout<Float>.stride / ranks
+        return stride(from: 0, to: total, by: round).reduce(0) { sum, start in
+            let segment = (min(round, total - start) + ranks - 1) / ranks
+            return sum + 2 * (ranks - 1) * segment * MemoryLayout<Float>.stride
+        }
+    }
+
     /// Replaces `values` by their sum over ranks, added in rank order, so every rank gets the same
     /// bits whatever the timing. Each rank owns a 1/size segment: an all-to-all sends every segment
     /// to its owner, the owner adds the ranks' copies in rank order, and an all-gather returns the

@@ -72,6 +72,17 @@ public struct MemoryPlan: Sendable {
     public let teacher: ModelPlan
     public let student: ModelPlan
     public let devices: [DeviceUsage]
+    /// The ranks of the run's MPI job (one when run.data_parallel is 1): each data-parallel
+    /// replica holds the whole device set, and sends the others its share of the summed LoRA
+    /// gradients every step.
+    public let ranks: [RankUsage]
+
+    public struct RankUsage: Sendable {
+        public let rank: Int
+        public let devices: [Int]
+        public let bytes: Int
+        public let sentBytesPerStep: Int
+    }
     /// The run's cores and whether teacher and student compute side by side (which sets what a
     /// student's device holds in the loss); the run itself computes with this budget.
     public let budget: ComputeBudget
@@ -145,7 +156,9 @@ public struct MemoryPlan: Sendable {
         var usage = (0..<config.deviceCount).map { DeviceUsage(id: $0, capacityBytes: config.devices.memoryPerDevice?.bytes) }
         // Sizes are summed in floating point and saturated (`bytes`): a config far beyond any
         // machine gives a plan that does not fit, never a wrapped or negative figure.
-        let tokens = Double(config.train.batchSize) * Double(config.data.maxSeqLen)
+        // A replica holds at most ⌈batch_size / data_parallel⌉ rows of a micro-batch.
+        let replicas = config.run.dataParallel
+        let tokens = Double((config.train.batchSize + replicas - 1) / replicas) * Double(config.data.maxSeqLen)
         let f32 = Double(MemoryLayout<Float>.stride)
         // Without a live teacher there is nothing to run beside the student: it gets every core.
         budget = cached == nil ? ComputeBudget(config, teacher: teacherSpec, student: studentSpec)
@@ -222,6 +235,10 @@ public struct MemoryPlan: Sendable {
             }
         }
         devices = usage
+        let held = usage.reduce(0.0) { $0 + Double($1.totalBytes) }
+        let sent = replicas == 1 ? 0 : Communicator.bytesSentBySumInRankOrder(count: student.loraParameters, ranks: replicas)
+            + Trainer.exchangedNumbersPerStep * 8 * (replicas - 1)
+        ranks = (0..<replicas).map { RankUsage(rank: $0, devices: usage.map(\.id), bytes: MemoryPlan.bytes(held), sentBytesPerStep: sent) }
     }
 
     /// f32 values a training layer saves per token for its backward pass (Attention.Saved, the
@@ -301,6 +318,7 @@ public struct MemoryPlan: Sendable {
                 ]
             },
             "fits": fits,
+            "ranks": ranks.map { ["rank": $0.rank, "devices": $0.devices, "bytes": $0.bytes, "sent_bytes_per_step": $0.sentBytesPerStep] },
         ]
     }
 }

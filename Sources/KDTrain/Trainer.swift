@@ -356,6 +356,10 @@ public final class Trainer {
         return metrics
     }
 
+    /// The 8-byte numbers a rank sends every other rank each step besides the gradients: the
+    /// scored-token count, the loss totals (3 sums, 3 counts), the tokens, bytes_sent and the stop check.
+    public static let exchangedNumbersPerStep = 10
+
     /// This rank's `Communicator.bytesSent` when the last step's metrics were taken.
     private var bytesSentBefore = 0
 

@@ -16,6 +16,13 @@ struct KD: ParsableCommand {
         // A file-size limit (ulimit -f) makes a write fail with EFBIG, reported like any other
         // write error, instead of killing the process half-way through a file.
         signal(SIGXFSZ, SIG_IGN)
+        // mpirun forwards SIGINT/SIGTERM to its ranks and then closes the pseudo-terminals it gave
+        // them for output: a rank must live on (without SIGHUP, and with writes that fail instead of
+        // SIGPIPE) to finish its step and let rank 0 write the checkpoint.
+        if Communicator.launchedByMPI {
+            signal(SIGHUP, SIG_IGN)
+            signal(SIGPIPE, SIG_IGN)
+        }
         // `--resume` may stand alone (meaning auto); the parser needs it spelled out.
         var arguments = Array(CommandLine.arguments.dropFirst())
         if let index = arguments.firstIndex(of: "--resume"),

@@ -41,13 +41,14 @@ extension KDCommand {
 }
 
 /// Human output goes to stderr; machine output (JSON) to stdout. In an MPI job, rank 0 prints
-/// both, and every rank its errors, with its rank and host.
+/// both, and every rank its errors, with its rank and host. A write that fails is dropped: output
+/// that nobody reads any more (mpirun stopping the job) must not end the run before it stops in order.
 enum Console {
     /// One line, always: control characters are escaped and a message longer than a screenful
     /// is cut, whatever input it echoes.
     static func error(_ message: String) {
         let rank = Communicator.world.label.map { "\($0): " } ?? ""
-        FileHandle.standardError.write(Data("kd: error: \(rank)\(oneLine(message))\n".utf8))
+        _ = writeAll(STDERR_FILENO, Data("kd: error: \(rank)\(oneLine(message))\n".utf8))
     }
 
     /// Whether this process prints its human and machine output (not a rank other than 0).
@@ -73,7 +74,7 @@ enum Console {
 
     static func info(_ message: String) {
         guard speaks else { return }
-        FileHandle.standardError.write(Data("\(message)\n".utf8))
+        _ = writeAll(STDERR_FILENO, Data("\(message)\n".utf8))
     }
 
     /// One JSON object per line on stdout, keys sorted.
@@ -82,7 +83,7 @@ enum Console {
         var options: JSONSerialization.WritingOptions = [.sortedKeys, .withoutEscapingSlashes]
         if pretty { options.insert(.prettyPrinted) }
         let data = (try? JSONSerialization.data(withJSONObject: object, options: options)) ?? Data("{}".utf8)
-        FileHandle.standardOutput.write(data + Data("\n".utf8))
+        _ = writeAll(STDOUT_FILENO, data + Data("\n".utf8))
     }
 
     /// Whether the output is read by a person. Open MPI gives its ranks a pseudo-terminal whatever

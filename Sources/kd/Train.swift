@@ -15,7 +15,9 @@ struct Train: KDCommand {
             with --json or when stdout is not a terminal; a terminal gets a progress bar on stderr. --resume (alone: \
             auto) continues from the newest complete checkpoint, or from DIR, bit-identically. SIGINT/SIGTERM \
             finish the current step, write a checkpoint and exit 130/143. A run owns its output_dir while it \
-            lives (a lock on <output_dir>/.kd-lock, which holds its pid): a second run there is refused.
+            lives (a lock on <output_dir>/.kd-lock, which holds its pid): a second run there is refused. Under \
+            mpirun or srun with run.data_parallel N, the N ranks are replicas that share every batch; rank 0 writes and \
+            prints, and an error on any rank ends them all.
             """)
 
     static var runsAcrossRanks: Bool { true }

@@ -28,19 +28,22 @@ import KDModels
     /// rows (shares of 1, 1 and 2 rows) and two micro-batches a step. The metrics are sums of
     /// non-negative terms and agree to 1e-6 + 1e-4·|x|; a gradient element is a sum with
     /// cancellation whose rounding scales with its terms, bounded here by the largest element of its
-    /// tensor: 1e-6 + 1e-4·max|g|. Step 1 starts from the same state in both runs.
+    /// tensor: 1e-6 + 1e-4·max|g|. Step 1 starts from the same state in both runs. From step 2 on,
+    /// the bytes the ranks send each other are what `kd plan` predicts.
     @Test func threeUnevenReplicasGiveTheSingleProcessGradients() throws {
         let dir = KDProcess.temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let common = ["--set", "train.batch_size=4", "--set", "train.grad_accum_steps=2", "--set", "lora.dropout=0",
-                      "--set", "train.lr_schedule=constant", "--save-gradients", "--json"]
-        let single = try KDProcess.run(TrainRunTests.arguments(dir + "/single", steps: 1, extra: common))
+                      "--set", "train.lr_schedule=constant"]
+        let single = try KDProcess.run(TrainRunTests.arguments(dir + "/single", steps: 2, extra: common + ["--save-gradients"]))
         try #require(single.status == 0, "\(single.stderr)")
+        let replicas = ["--set", "run.data_parallel=3"]
         let replicated = try KDProcess.run(
-            TrainRunTests.arguments(dir + "/replicated", steps: 1, extra: common + ["--set", "run.data_parallel=3"]), ranks: 3)
+            TrainRunTests.arguments(dir + "/replicated", steps: 2, extra: common + replicas + ["--save-gradients"]), ranks: 3)
         try #require(replicated.status == 0, "\(replicated.stderr)")
-        let one = KDProcess.json(single.stdout), three = KDProcess.json(replicated.stdout)
-        #expect(replicated.stdout.split(separator: "\n").count == 1, "rank 0 alone prints the metrics: \(replicated.stdout)")
+        let lines = replicated.stdout.split(separator: "\n").map { KDProcess.json(String($0)) }
+        try #require(lines.count == 2, "rank 0 alone prints the metrics: \(replicated.stdout)")
+        let one = KDProcess.json(String(single.stdout.split(separator: "\n")[0])), three = lines[0]
         #expect(one["ranks"] as? Int == 1 && one["bytes_sent"] as? Int == 0)
         #expect(three["ranks"] as? Int == 3)
         #expect((three["bytes_sent"] as? Int ?? 0) > 0)
@@ -67,6 +70,16 @@ import KDModels
             }
         }
         print("data parallel: 3 replicas vs 1 process, step 1 gradients: worst error / tolerance = \(worst)")
+
+        var planArguments = TrainRunTests.arguments(dir + "/plan", steps: 2, extra: common + replicas)
+        planArguments[0] = "plan"
+        let plan = try KDProcess.run(planArguments)
+        try #require(plan.status == 0, "\(plan.stderr)")
+        let ranks = KDProcess.json(plan.stdout)["ranks"] as? [[String: Any]] ?? []
+        #expect(ranks.map { $0["rank"] as? Int } == [0, 1, 2])
+        let planned = ranks.reduce(0) { $0 + ($1["sent_bytes_per_step"] as? Int ?? 0) }
+        #expect(planned > 0 && lines[1]["bytes_sent"] as? Int == planned, "planned \(planned), step 2 sent \(lines[1]["bytes_sent"] ?? "")")
+        #expect(plan.stderr.contains("rank 2  devices 0,1  "), "\(plan.stderr)")
     }
 
     /// The ranks a process of mpirun's started, read from /proc.
@@ -127,6 +140,38 @@ import KDModels
             #expect(a != nil && a == FileManager.default.contents(atPath: "\(run)/\(name)"), "\(name) differs")
         }
         print("data parallel: the job ended \(seconds) s after SIGKILL of one rank")
+    }
+
+    /// SIGTERM to one rank stops every rank after the same step: rank 0 writes that step's
+    /// checkpoint, and the job exits 143.
+    @Test func aSignalToOneRankStopsAllInOrder() throws {
+        let dir = KDProcess.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let run = dir + "/run"
+        let extra = ["--set", "train.batch_size=2", "--set", "run.data_parallel=2", "--set", "checkpoint.every_steps=1000"]
+        let launch = KDProcess.launch(ranks: 2, TrainRunTests.arguments(run, steps: 100_000, extra: extra))
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: launch.executable)
+        process.arguments = launch.arguments
+        process.environment = launch.environment
+        process.standardOutput = FileHandle.nullDevice
+        let err = Pipe()
+        process.standardError = err
+        try process.run()
+        defer { if process.isRunning { process.terminate() } }
+        while (try? String(contentsOfFile: run + "/metrics.jsonl", encoding: .utf8))?.contains("\n") != true {
+            try #require(process.isRunning, "the run ended before its first step")
+            usleep(10_000)
+        }
+        let ranks = Self.children(of: process.processIdentifier)
+        try #require(ranks.count == 2, "mpirun's children: \(ranks)")
+        kill(ranks[1], SIGTERM)
+        let errorText = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        process.waitUntilExit()
+        #expect(process.terminationStatus == 143, "\(errorText)")
+        let stopped = try #require(errorText.firstRange(of: "stopped at step ").map { errorText[$0.upperBound...].prefix { $0.isNumber } },
+                                   "\(errorText)")
+        #expect(FileManager.default.fileExists(atPath: "\(run)/checkpoint-\(stopped)/adapter_model.safetensors"), "\(errorText)")
     }
 
     /// A run whose ranks do not match its replicas, and commands that run in one process, stop
