@@ -1,7 +1,7 @@
 #pragma once
 // Open MPI's C API through small functions: MPI_COMM_WORLD, the datatypes and the operations are
 // macros over Open MPI's internal objects, which Swift cannot import. Every function returns an
-// MPI error code (MPI_SUCCESS = 0); the world communicator returns errors instead of aborting.
+// MPI error code (MPI_SUCCESS = 0); kd's communicators return errors instead of aborting.
 #include <mpi.h>
 #include <stdint.h>
 
@@ -15,8 +15,17 @@ static inline int kd_mpi_init(int *provided) {
 
 static inline int kd_mpi_finalize(void) { return MPI_Finalize(); }
 
-static inline int kd_mpi_rank(int *rank) { return MPI_Comm_rank(MPI_COMM_WORLD, rank); }
-static inline int kd_mpi_size(int *size) { return MPI_Comm_size(MPI_COMM_WORLD, size); }
+static inline MPI_Comm kd_mpi_world(void) { return MPI_COMM_WORLD; }
+
+static inline int kd_mpi_rank(MPI_Comm comm, int *rank) { return MPI_Comm_rank(comm, rank); }
+static inline int kd_mpi_size(MPI_Comm comm, int *size) { return MPI_Comm_size(comm, size); }
+
+/// The ranks of `comm` with the same `color`, ordered by `key`.
+static inline int kd_mpi_split(MPI_Comm comm, int color, int key, MPI_Comm *out) {
+    int code = MPI_Comm_split(comm, color, key, out);
+    if (code == MPI_SUCCESS) MPI_Comm_set_errhandler(*out, MPI_ERRORS_RETURN);
+    return code;
+}
 
 /// Ends every rank of the job with `code`.
 static inline void kd_mpi_abort(int code) { MPI_Abort(MPI_COMM_WORLD, code); }
@@ -27,17 +36,25 @@ static inline int kd_mpi_error_string(int code, char *text, int *length) { retur
 
 /// Rank r's `count` floats from offset r·count of `send` go to rank r; `receive` gets rank s's
 /// share at offset s·count.
-static inline int kd_mpi_alltoall_floats(const float *send, float *receive, int count) {
-    return MPI_Alltoall(send, count, MPI_FLOAT, receive, count, MPI_FLOAT, MPI_COMM_WORLD);
+static inline int kd_mpi_alltoall_floats(MPI_Comm comm, const float *send, float *receive, int count) {
+    return MPI_Alltoall(send, count, MPI_FLOAT, receive, count, MPI_FLOAT, comm);
 }
 
 /// Every rank's `count` bytes, in rank order, on every rank.
-static inline int kd_mpi_allgather_bytes(const void *send, void *receive, int count) {
-    return MPI_Allgather(send, count, MPI_BYTE, receive, count, MPI_BYTE, MPI_COMM_WORLD);
+static inline int kd_mpi_allgather_bytes(MPI_Comm comm, const void *send, void *receive, int count) {
+    return MPI_Allgather(send, count, MPI_BYTE, receive, count, MPI_BYTE, comm);
 }
 
-static inline int kd_mpi_broadcast_bytes(void *buffer, int count, int root) {
-    return MPI_Bcast(buffer, count, MPI_BYTE, root, MPI_COMM_WORLD);
+static inline int kd_mpi_broadcast_bytes(MPI_Comm comm, void *buffer, int count, int root) {
+    return MPI_Bcast(buffer, count, MPI_BYTE, root, comm);
 }
 
-static inline int kd_mpi_barrier(void) { return MPI_Barrier(MPI_COMM_WORLD); }
+static inline int kd_mpi_barrier(MPI_Comm comm) { return MPI_Barrier(comm); }
+
+static inline int kd_mpi_send_bytes(MPI_Comm comm, const void *buffer, int count, int destination, int tag) {
+    return MPI_Send(buffer, count, MPI_BYTE, destination, tag, comm);
+}
+
+static inline int kd_mpi_receive_bytes(MPI_Comm comm, void *buffer, int count, int source, int tag) {
+    return MPI_Recv(buffer, count, MPI_BYTE, source, tag, comm, MPI_STATUS_IGNORE);
+}

@@ -14,18 +14,25 @@ public final class Communicator: @unchecked Sendable {
     /// This rank's host, and how many of the job's ranks run on it.
     public let host: String
     public let ranksOnHost: Int
+    /// The MPI communicator (nil for this process alone).
+    private let comm: MPI_Comm?
+    /// This process's rank in the whole job (for messages).
+    public let worldRank: Int
     private let lock = NSLock()
     private var sent = 0
 
-    private init(rank: Int, size: Int, host: String, ranksOnHost: Int) {
+    private init(comm: MPI_Comm?, rank: Int, size: Int, host: String, ranksOnHost: Int, worldRank: Int) {
+        self.comm = comm
         self.rank = rank
         self.size = size
         self.host = host
         self.ranksOnHost = ranksOnHost
+        self.worldRank = worldRank
     }
 
     /// This process alone.
-    public static let single = Communicator(rank: 0, size: 1, host: ProcessInfo.processInfo.hostName, ranksOnHost: 1)
+    public static let single = Communicator(comm: nil, rank: 0, size: 1, host: ProcessInfo.processInfo.hostName, ranksOnHost: 1,
+                                            worldRank: 0)
 
     /// The job this process belongs to: `single` until `start()` joins an MPI job.
     nonisolated(unsafe) public private(set) static var world = Communicator.single
@@ -46,22 +53,23 @@ public final class Communicator: @unchecked Sendable {
             throw KDError("MPI: this Open MPI does not support MPI_THREAD_MULTIPLE, which kd's device threads need")
         }
         var rank: Int32 = 0, size: Int32 = 0
-        try check(kd_mpi_rank(&rank), "reading the rank")
-        try check(kd_mpi_size(&size), "reading the job's size")
+        let comm = kd_mpi_world()
+        try check(kd_mpi_rank(comm, &rank), "reading the rank")
+        try check(kd_mpi_size(comm, &size), "reading the job's size")
         var name = [CChar](repeating: 0, count: Int(MPI_MAX_PROCESSOR_NAME) + 1)
         var length: Int32 = 0
         try check(kd_mpi_processor_name(&name, &length), "reading the host name")
         let host = String(decoding: name.prefix(Int(max(0, min(length, MPI_MAX_PROCESSOR_NAME)))).map { UInt8(bitPattern: $0) },
                           as: UTF8.self)
-        let joined = Communicator(rank: Int(rank), size: Int(size), host: host, ranksOnHost: 1)
+        let joined = Communicator(comm: comm, rank: Int(rank), size: Int(size), host: host, ranksOnHost: 1, worldRank: Int(rank))
         // Ranks per host: every rank's host name, compared.
         let width = Int(MPI_MAX_PROCESSOR_NAME)
         var mine = [UInt8](repeating: 0, count: width)
         for (i, byte) in host.utf8.prefix(width).enumerated() { mine[i] = byte }
         let all = try joined.allGather(mine)
         let hosts = (0..<joined.size).map { all[$0 * width ..< ($0 + 1) * width] }
-        world = Communicator(rank: joined.rank, size: joined.size, host: host,
-                             ranksOnHost: hosts.filter { $0 == hosts[joined.rank] }.count)
+        world = Communicator(comm: comm, rank: joined.rank, size: joined.size, host: host,
+                             ranksOnHost: hosts.filter { $0 == hosts[joined.rank] }.count, worldRank: joined.rank)
     }
 
     /// Leaves the MPI job (every rank must), when `start()` joined one.
@@ -77,7 +85,19 @@ public final class Communicator: @unchecked Sendable {
     }
 
     /// "rank R (host)" in a job of several ranks; nil alone.
-    public var label: String? { size > 1 ? "rank \(rank) (\(host))" : nil }
+    public var label: String? { Communicator.world.size > 1 ? "rank \(worldRank) (\(host))" : nil }
+
+    /// The ranks that give the same `color`, numbered in order of `key` (then of rank here). Every
+    /// rank of this communicator must call it.
+    public func split(color: Int, key: Int) throws -> Communicator {
+        guard let comm else { return self }
+        var out: MPI_Comm?
+        try Self.check(kd_mpi_split(comm, Int32(color), Int32(key), &out), "splitting the job")
+        var rank: Int32 = 0, size: Int32 = 0
+        try Self.check(kd_mpi_rank(out!, &rank), "reading the rank")
+        try Self.check(kd_mpi_size(out!, &size), "reading the size")
+        return Communicator(comm: out, rank: Int(rank), size: Int(size), host: host, ranksOnHost: ranksOnHost, worldRank: worldRank)
+    }
 
     /// Bytes this rank has sent to other ranks.
     public var bytesSent: Int { lock.withLock { sent } }
@@ -106,7 +126,7 @@ public final class Communicator: @unchecked Sendable {
         var out = [UInt8](repeating: 0, count: bytes.count * size)
         try bytes.withUnsafeBytes { send in
             try out.withUnsafeMutableBytes { receive in
-                try Self.check(kd_mpi_allgather_bytes(send.baseAddress, receive.baseAddress, Int32(bytes.count)), "gathering")
+                try Self.check(kd_mpi_allgather_bytes(comm, send.baseAddress, receive.baseAddress, Int32(bytes.count)), "gathering")
             }
         }
         count(bytes.count * (size - 1))
@@ -143,7 +163,33 @@ public final class Communicator: @unchecked Sendable {
     /// Returns once every rank has called it.
     public func barrier() throws {
         guard size > 1 else { return }
-        try Self.check(kd_mpi_barrier(), "waiting for the other ranks")
+        try Self.check(kd_mpi_barrier(comm), "waiting for the other ranks")
+    }
+
+    /// Sends `bytes` to rank `destination` (of this communicator) with `tag`, in messages of at most
+    /// `largestMessage` bytes; returns when the buffer may be reused.
+    public func send(_ bytes: UnsafeRawBufferPointer, to destination: Int, tag: Int) throws {
+        guard let comm else { throw KDError("MPI: a send needs an MPI job") }
+        var offset = 0
+        repeat {
+            let n = min(Self.largestMessage, bytes.count - offset)
+            try Self.check(kd_mpi_send_bytes(comm, bytes.baseAddress.map { $0 + offset }, Int32(n), Int32(destination), Int32(tag)),
+                           "sending to rank \(destination)")
+            offset += n
+        } while offset < bytes.count
+        count(bytes.count)
+    }
+
+    /// Receives exactly `bytes.count` bytes that rank `source` sent with `send(_:to:tag:)`.
+    public func receive(into bytes: UnsafeMutableRawBufferPointer, from source: Int, tag: Int) throws {
+        guard let comm else { throw KDError("MPI: a receive needs an MPI job") }
+        var offset = 0
+        repeat {
+            let n = min(Self.largestMessage, bytes.count - offset)
+            try Self.check(kd_mpi_receive_bytes(comm, bytes.baseAddress.map { $0 + offset }, Int32(n), Int32(source), Int32(tag)),
+                           "receiving from rank \(source)")
+            offset += n
+        } while offset < bytes.count
     }
 
     /// Root's bytes on every rank (other ranks' `bytes` are ignored).
@@ -154,7 +200,7 @@ public final class Communicator: @unchecked Sendable {
         guard length <= Self.largestMessage else { throw KDError("MPI: a broadcast of \(length) bytes is too large") }
         var buffer = rank == root ? bytes : [UInt8](repeating: 0, count: length)
         try buffer.withUnsafeMutableBytes { raw in
-            try Self.check(kd_mpi_broadcast_bytes(raw.baseAddress, Int32(length), Int32(root)), "broadcasting")
+            try Self.check(kd_mpi_broadcast_bytes(comm, raw.baseAddress, Int32(length), Int32(root)), "broadcasting")
         }
         if rank == root { count(length * (size - 1)) }
         return buffer
@@ -188,7 +234,7 @@ public final class Communicator: @unchecked Sendable {
             receive = [Float](repeating: 0, count: segment * size)
             try send.withUnsafeBufferPointer { s in
                 try receive.withUnsafeMutableBufferPointer { r in
-                    try Self.check(kd_mpi_alltoall_floats(s.baseAddress, r.baseAddress, Int32(segment)), "exchanging gradients")
+                    try Self.check(kd_mpi_alltoall_floats(comm, s.baseAddress, r.baseAddress, Int32(segment)), "exchanging gradients")
                 }
             }
             var owned = [Float](repeating: 0, count: segment)
@@ -199,7 +245,7 @@ public final class Communicator: @unchecked Sendable {
             }
             try owned.withUnsafeBytes { o in
                 try send.withUnsafeMutableBytes { s in
-                    try Self.check(kd_mpi_allgather_bytes(o.baseAddress, s.baseAddress, Int32(o.count)), "gathering gradients")
+                    try Self.check(kd_mpi_allgather_bytes(comm, o.baseAddress, s.baseAddress, Int32(o.count)), "gathering gradients")
                 }
             }
             (values + start).update(from: send, count: n)

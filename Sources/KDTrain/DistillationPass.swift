@@ -73,6 +73,11 @@ public final class TeacherStream: @unchecked Sendable {
     private var produced = 0
     private let concurrent: Bool
     private let produce: (Int) throws -> Chunk
+    private let chunkCount: Int
+    /// Called once by `cancel` with the chunks delivered so far (a remote teacher's stream takes
+    /// the rest off the wire).
+    private let finish: ((Int) -> Void)?
+    private var finished = false
 
     /// A chunk of the teacher's side, with the seconds the teacher spent on it, by phase
     /// (`teacher_forward` with the first chunk, `teacher_head`; nothing for a cache), and the
@@ -90,9 +95,11 @@ public final class TeacherStream: @unchecked Sendable {
         let movedBytes: Int
     }
 
-    private init(chunkCount: Int, concurrent: Bool, produce: @escaping (Int) throws -> Chunk) {
+    private init(chunkCount: Int, concurrent: Bool, finish: ((Int) -> Void)? = nil, produce: @escaping (Int) throws -> Chunk) {
         self.concurrent = concurrent && chunkCount > 0
         self.produce = produce
+        self.chunkCount = chunkCount
+        self.finish = finish
         if self.concurrent {
             DispatchQueue.global().async { [self] in
                 for index in 0..<chunkCount {
@@ -144,6 +151,20 @@ public final class TeacherStream: @unchecked Sendable {
         }
     }
 
+    /// A teacher on another rank: the batch goes to it now, its chunks arrive on `target` one by one.
+    static func remote(_ teacher: RemoteTeacher, tokens: TokenBatch, rows: [Int], chunkTokens: Int, target: Device) -> TeacherStream {
+        let chunks = ranges(rows.count, chunkTokens)
+        let sent = Result { try teacher.request(tokens, rows: rows, chunkTokens: chunkTokens) }
+        let receive = { (index: Int) throws -> Chunk in
+            try sent.get()
+            return try teacher.receiveChunk(rows: chunks[index].count, on: target)
+        }
+        return TeacherStream(chunkCount: chunks.count, concurrent: false, finish: { delivered in
+            guard case .success = sent else { return }
+            for index in delivered..<chunks.count { _ = try? receive(index) }
+        }, produce: receive)
+    }
+
     /// The cached rows of the examples at `lines` of `split`, `rowCount` of them.
     static func cached(_ cache: TeacherCache, split: String, lines: [Int], rowCount: Int, chunkTokens: Int) -> TeacherStream {
         let chunks = ranges(rowCount, chunkTokens)
@@ -176,10 +197,14 @@ public final class TeacherStream: @unchecked Sendable {
 
     /// Stops producing (the student side failed, or the prefetched batch is not needed).
     public func cancel() {
-        condition.withLock {
+        let delivered: Int? = condition.withLock {
             cancelled = true
             condition.broadcast()
+            if finished { return nil }
+            finished = true
+            return produced
         }
+        if let delivered, let finish, delivered < chunkCount { finish(delivered) }
     }
 }
 
@@ -188,6 +213,8 @@ public final class TeacherStream: @unchecked Sendable {
 public enum TeacherSource {
     case live(CausalLM)
     case cached(TeacherCache, split: String)
+    /// The teacher on another rank of the job.
+    case remote(RemoteTeacher)
 }
 
 /// One teacher-and-student pass over a batch: both forwards (concurrently when cores allow), the
@@ -261,6 +288,9 @@ public struct DistillationPass {
                          target: student.lastDevice, concurrent: budget.concurrent)
         case .cached(let cache, let split):
             return .cached(cache, split: split, lines: batch.lines, rowCount: rows.count, chunkTokens: chunkTokens)
+        case .remote(let teacher):
+            return .remote(teacher, tokens: DistillationPass.tokens(batch), rows: rows, chunkTokens: chunkTokens,
+                           target: student.lastDevice)
         }
     }
 

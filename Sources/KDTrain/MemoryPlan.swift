@@ -72,9 +72,11 @@ public struct MemoryPlan: Sendable {
     public let teacher: ModelPlan
     public let student: ModelPlan
     public let devices: [DeviceUsage]
-    /// The ranks of the run's MPI job (one when run.data_parallel is 1): each data-parallel
-    /// replica holds the whole device set, and sends the others its share of the summed LoRA
-    /// gradients every step.
+    /// The ranks of the run's MPI job: `run.data_parallel` replicas of the ranks `devices.ranks`
+    /// names. A replica's student rank sends the other replicas its share of the summed LoRA
+    /// gradients every step (exactly), and a teacher on a rank of its own sends its student's rank
+    /// the logits of the step's scored positions (at most every position; the student's rank sends
+    /// it the tokens).
     public let ranks: [RankUsage]
 
     public struct RankUsage: Sendable {
@@ -132,7 +134,9 @@ public struct MemoryPlan: Sendable {
         return (stored, { setting.held($0, shape: shapes[$0] ?? [], stored: DType(rawValue: stored($0)) ?? .f32) }, shapes)
     }
 
-    public init(config: RunConfig) throws {
+    /// With `teacherElsewhere` (the teacher on another rank of the job) each side gets all of its
+    /// rank's cores, one after the other.
+    public init(config: RunConfig, teacherElsewhere: Bool = false) throws {
         try config.requireModelPaths()
         // With a teacher cache the teacher is not loaded: its shape comes from the cache, and only
         // the student is placed.
@@ -161,7 +165,7 @@ public struct MemoryPlan: Sendable {
         let tokens = Double((config.train.batchSize + replicas - 1) / replicas) * Double(config.data.maxSeqLen)
         let f32 = Double(MemoryLayout<Float>.stride)
         // Without a live teacher there is nothing to run beside the student: it gets every core.
-        budget = cached == nil ? ComputeBudget(config, teacher: teacherSpec, student: studentSpec)
+        budget = cached == nil && !teacherElsewhere ? ComputeBudget(config, teacher: teacherSpec, student: studentSpec)
             : ComputeBudget(threads: config.run.threads, concurrency: .off)
         let concurrent = budget.concurrent
         for model in cached == nil ? [teacher, student] : [student] {
@@ -235,10 +239,32 @@ public struct MemoryPlan: Sendable {
             }
         }
         devices = usage
-        let held = usage.reduce(0.0) { $0 + Double($1.totalBytes) }
-        let sent = replicas == 1 ? 0 : Communicator.bytesSentBySumInRankOrder(count: student.loraParameters, ranks: replicas)
+        // Ranks: `devices.ranks` within each replica (kd plan does not know the job's size, so
+        // without it every replica is one rank).
+        let local = config.devices.ranks ?? [Int](repeating: 0, count: config.deviceCount)
+        let perReplica = (local.max() ?? 0) + 1
+        let studentRank = local[config.student.devices[0]]
+        let teacherRank = cached == nil ? local[config.teacher.devices[0]] : studentRank
+        let replicaSums = replicas == 1 ? 0 : Communicator.bytesSentBySumInRankOrder(count: student.loraParameters, ranks: replicas)
             + Trainer.exchangedNumbersPerStep * 8 * (replicas - 1)
-        ranks = (0..<replicas).map { RankUsage(rank: $0, devices: usage.map(\.id), bytes: MemoryPlan.bytes(held), sentBytesPerStep: sent) }
+        // A teacher on its own rank gets each micro-batch's tokens and scored rows, and sends back
+        // the logits of every scored position (at most every position), chunk by chunk.
+        let rows = Double(config.train.gradAccumSteps) * tokens
+        let chunks = (rows / Double(config.distill.chunkTokens)).rounded(.up)
+        let requests = Double(config.train.gradAccumSteps) * 40 + rows * (4 + 1 + 8)
+        let logits = rows * Double(teacherSpec.vocabSize) * f32 + chunks * 24
+        var all: [RankUsage] = []
+        for replica in 0..<replicas {
+            for rank in 0..<perReplica {
+                let ids = usage.map(\.id).filter { local[$0] == rank }
+                let bytes = ids.reduce(0.0) { $0 + Double(usage[$1].totalBytes) }
+                var sent = rank == studentRank ? Double(replicaSums) : 0
+                if teacherRank != studentRank { sent += rank == studentRank ? requests : rank == teacherRank ? logits : 0 }
+                all.append(RankUsage(rank: replica * perReplica + rank, devices: ids, bytes: MemoryPlan.bytes(bytes),
+                                     sentBytesPerStep: MemoryPlan.bytes(sent)))
+            }
+        }
+        ranks = all
     }
 
     /// f32 values a training layer saves per token for its backward pass (Attention.Saved, the

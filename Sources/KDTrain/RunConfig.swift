@@ -19,6 +19,7 @@ public struct RunConfig: Equatable, Sendable {
     public struct Devices: Equatable, Sendable {
         public var count: Int? = nil
         public var memoryPerDevice: ByteSize? = nil
+        public var ranks: [Int]? = nil
     }
 
     public struct Model: Equatable, Sendable {
@@ -243,6 +244,8 @@ extension RunConfig {
         field("run.data_parallel", \.run.dataParallel,
               "Replicas of the whole run, one per MPI rank (mpirun -n N kd train ...): each takes its share of every micro-batch, and their LoRA gradients are summed in rank order before clipping."),
         field("devices.count", \.devices.count, "Number of logical devices; null = enough for the ids used."),
+        field("devices.ranks", \.devices.ranks,
+              "The MPI rank (within a replica) of each device, in device order; null = all on one rank, or device i on rank i when kd runs as data_parallel × devices.count ranks. The teacher may be on another rank than the student."),
         field("devices.memory_per_device", \.devices.memoryPerDevice, "Budget of each device (e.g. 80GiB), enforced; null = unlimited."),
         field("teacher.path", \.teacher.path, "Teacher model directory (config.json + safetensors)."),
         field("teacher.devices", \.teacher.devices, "Device ids the teacher's layers are sharded over, in order."),
@@ -427,6 +430,11 @@ extension RunConfig {
             try require(model.devices.allSatisfy { $0 >= 0 && $0 < Limits.devices }, "\(name).devices",
                         "\(model.devices) must be ids from 0 to \(Limits.devices - 1)")
         }
+        if let ranks = devices.ranks {
+            try require(ranks.count == deviceCount, "devices.ranks", "lists \(ranks.count) ranks for \(deviceCount) devices")
+            try require(ranks.allSatisfy { (0..<Limits.ranks).contains($0) }, "devices.ranks",
+                        "\(ranks) must be ranks from 0 to \(Limits.ranks - 1)")
+        }
         for (name, model) in [("teacher", teacher), ("student", student)] {
             try require(model.devices.allSatisfy { $0 < deviceCount }, "\(name).devices",
                         "\(model.devices) must be ids below devices.count (\(deviceCount))")
@@ -483,18 +491,6 @@ extension RunConfig {
         public static let sequence = 1 << 20
         /// Tokens in one micro-batch (batch_size × max_seq_len), and in one loss chunk.
         public static let tokens = 1 << 24
-    }
-
-    /// Fails unless this process's MPI job has the ranks the run needs: one per data-parallel
-    /// replica (kd alone is one rank).
-    public func checkRanks(_ communicator: Communicator) throws {
-        let replicas = run.dataParallel
-        if communicator.size == replicas { return }
-        if communicator.size == 1 {
-            throw KDError("run.data_parallel is \(replicas): start one MPI rank per replica (mpirun -n \(replicas) kd train ...)")
-        }
-        throw KDError("kd runs as \(communicator.size) MPI ranks but run.data_parallel is \(replicas): start one rank per "
-            + "replica (each rank holds a replica's whole device set; pipeline stages across ranks are not supported yet)")
     }
 
     /// Fails when a required path is not set.

@@ -38,8 +38,9 @@ public struct StepMetrics: Sendable {
     /// student_loss, student_recompute, student_backward (`Trainer.phases`) and optimizer. Teacher
     /// and student phases that ran side by side both count in full.
     public var phaseMs: [String: Double] = [:]
-    /// The run's MPI ranks (1 alone), and the bytes all of them sent each other for the step
-    /// (gradients, totals, the stop check; what the step's own totals exchange sends counts in the next step).
+    /// The run's MPI ranks (1 alone), and the bytes that crossed between them for the step: the
+    /// replicas' gradients, totals and stop check (what the step's own totals exchange sends counts
+    /// in the next step), and a teacher rank's batches and logits.
     public var ranks = 1
     public var bytesSent = 0
 
@@ -72,9 +73,13 @@ public struct RunModels {
     /// Checks the plan and the vocabularies before any weight is read, then loads both models (the
     /// student alone with `cache`, `data.teacher_cache` opened, which must match the teacher and
     /// vocabulary).
-    public static func load(_ config: RunConfig, cache: TeacherCache? = nil, onLoad: (String) -> Void = { _ in }) throws -> RunModels {
+    /// With a `layout` whose teacher is on another rank, the teacher is not loaded here: that rank
+    /// serves its logits (`RemoteTeacher`).
+    public static func load(_ config: RunConfig, cache: TeacherCache? = nil, layout: RankLayout? = nil,
+                            onLoad: (String) -> Void = { _ in }) throws -> RunModels {
         try config.requireModelPaths()
-        let plan = try MemoryPlan(config: config)
+        let remote = cache == nil && layout?.teacherElsewhere == true
+        let plan = try MemoryPlan(config: config, teacherElsewhere: remote)
         let budget = plan.budget  // `cache` is config.data.teacher_cache opened, which the plan read too
         BLAS.threads = budget.threads
         if !plan.fits {
@@ -97,14 +102,23 @@ public struct RunModels {
             try cache.checkTeacher(vocab: vocab, fingerprint: fingerprint)
         }
         let start = ContinuousClock.now
-        let teacher: TeacherSource = try cache.map { .cached($0, split: "train") } ?? .live(
-            try CausalLM.load(try Checkpoint(directory: config.teacher.path),
-                              on: try DeviceGroup(config.teacher.devices.map { devices.devices[$0] }), dtype: config.teacher.dtype))
+        let teacher: TeacherSource
+        if let cache {
+            teacher = .cached(cache, split: "train")
+        } else if remote, let layout {
+            teacher = .remote(RemoteTeacher(communicator: layout.world, rank: layout.teacherRank, spec: plan.teacher.spec))
+        } else {
+            teacher = .live(try CausalLM.load(try Checkpoint(directory: config.teacher.path),
+                                              on: try DeviceGroup(config.teacher.devices.map { devices.devices[$0] }),
+                                              dtype: config.teacher.dtype))
+        }
         let student = try CausalLM.load(try Checkpoint(directory: config.student.path),
                                         on: try DeviceGroup(config.student.devices.map { devices.devices[$0] }),
                                         dtype: config.student.dtype)
-        onLoad(String(format: cache == nil ? "loaded teacher and student in %.1f s" : "loaded the student in %.1f s (teacher: %@)",
-                      (ContinuousClock.now - start).seconds, cache?.directory ?? ""))
+        let seconds = (ContinuousClock.now - start).seconds
+        onLoad(cache != nil ? String(format: "loaded the student in %.1f s (teacher: %@)", seconds, cache!.directory)
+            : remote ? String(format: "loaded the student in %.1f s (teacher: rank %d)", seconds, layout!.teacherRank)
+            : String(format: "loaded teacher and student in %.1f s", seconds))
         return RunModels(budget: budget, devices: devices, teacher: teacher, teacherSpec: plan.teacher.spec, student: student,
                          tokenizer: tokenizer, vocab: vocab, padID: tokenizer?.padID ?? 0, notes: notes)
     }
@@ -127,6 +141,11 @@ public struct RunModels {
         return shared
     }
 
+    /// Lets a teacher on another rank go (its rank then leaves the job).
+    public func releaseTeacher() throws {
+        if case .remote(let remote) = teacher { try remote.stop() }
+    }
+
     /// The distillation pass of a run's settings over these models.
     public func pass(_ config: RunConfig) -> DistillationPass {
         DistillationPass(teacher: teacher, student: student, alpha: Float(config.distill.alpha),
@@ -140,8 +159,10 @@ public struct RunModels {
 public final class Trainer {
     public let config: RunConfig
     public let models: RunModels
-    /// The run's ranks: each is a data-parallel replica that takes its share of every micro-batch.
+    /// The data-parallel replicas' student ranks: each takes its share of every micro-batch.
     public let communicator: Communicator
+    /// The whole job (replicas, and teachers on ranks of their own).
+    let world: Communicator
     public let dataset: Dataset
     public let pass: DistillationPass
     public let optimizer: AdamW
@@ -163,11 +184,13 @@ public final class Trainer {
 
     /// Builds the run: the models (see `RunModels.load`), the adapters, the data, and the state of
     /// `resumeFrom` (a checkpoint directory) when given.
-    public init(config: RunConfig, resumeFrom: String? = nil, communicator: Communicator = .world,
+    public init(config: RunConfig, resumeFrom: String? = nil, layout: RankLayout? = nil,
                 onLoad: (String) -> Void = { _ in }) throws {
         self.config = config
-        try config.checkRanks(communicator)
-        self.communicator = communicator
+        let layout = try layout ?? RankLayout(config: config)
+        guard let replicas = layout.replicas else { throw KDError("rank \(layout.world.rank) holds no student to train") }
+        self.communicator = replicas
+        world = layout.world
         dataset = try config.loadDataset(config.data.train, key: "data.train")
         try config.checkVocabulary(dataset)
         if config.distill.onPolicy.fraction > 0 { try OnPolicy.checkPrompts(dataset, key: "data.train") }
@@ -179,7 +202,7 @@ public final class Trainer {
                 + "(\(cache.manifest.temperature)): at other temperatures the cache holds no teacher probability outside its "
                 + "top-K ids, and KL(q||p) is infinite there")
         }
-        let models = try RunModels.load(config, cache: cache, onLoad: onLoad)
+        let models = try RunModels.load(config, cache: cache, layout: layout, onLoad: onLoad)
         self.models = models
         let student = models.student
         if config.lora.initMethod == .pissa && config.lora.initFrom != nil {
@@ -295,8 +318,9 @@ public final class Trainer {
             let result = try pass.run(batch, gradientScale: 1 / Float(scored), crossEntropy: !onPolicyMicro[micro],
                                       teacherStream: stream) {
                 // While the student finishes this micro-batch, the teacher starts on the next one
-                // (not on the next step's when that one is on-policy: it is sampled after this step).
-                guard budget.concurrent else { return }
+                // (not on the next step's when that one is on-policy: it is sampled after this step):
+                // on its own cores, or on its own rank.
+                guard budget.concurrent || teacherElsewhere else { return }
                 if let next = batches[(micro + 1)...].firstIndex(where: { $0.batchSize > 0 }) {
                     if next == micro + 1 { prefetched = pass.startTeacher(batches[next]) }
                 } else if step + 1 < config.train.maxSteps && !onPolicy.isOnPolicy(step: step + 1, micro: 0) {
@@ -349,8 +373,8 @@ public final class Trainer {
         metrics.devicePeakBytes = devices.devices.map(\.peakBytes)
         metrics.peakRSSBytes = Self.peakResidentBytes()
         metrics.phaseMs.merge(phases.take().mapValues { $0 * 1000 }, uniquingKeysWith: +)
-        metrics.ranks = communicator.size
-        let sent = communicator.bytesSent
+        metrics.ranks = world.size
+        let sent = bytesOnWire
         metrics.bytesSent = try communicator.sum([sent - bytesSentBefore])[0]
         bytesSentBefore = sent
         return metrics
@@ -360,7 +384,21 @@ public final class Trainer {
     /// scored-token count, the loss totals (3 sums, 3 counts), the tokens, bytes_sent and the stop check.
     public static let exchangedNumbersPerStep = 10
 
-    /// This rank's `Communicator.bytesSent` when the last step's metrics were taken.
+    /// What crossed between this student rank and others: what it sent its replicas and its
+    /// teacher's rank, and what that teacher sent it.
+    private var bytesOnWire: Int {
+        var bytes = communicator.bytesSent + (world === communicator ? 0 : world.bytesSent)
+        if case .remote(let teacher) = models.teacher { bytes += teacher.bytesReceived }
+        return bytes
+    }
+
+    /// Whether the teacher runs on another rank.
+    private var teacherElsewhere: Bool {
+        if case .remote = models.teacher { return true }
+        return false
+    }
+
+    /// This rank's `bytesOnWire` when the last step's metrics were taken.
     private var bytesSentBefore = 0
 
     /// Replaces every replica's adapter gradients by their sum over the replicas, added in rank

@@ -39,8 +39,8 @@ public final class TrainingRun {
 
     /// Takes the output directory (see `RunDirectoryLock`) before reading or writing anything in it,
     /// removes what an interrupted run left half-written, then loads the run and its checkpoint.
-    public init(config: RunConfig, resume: Resume?, communicator: Communicator = .world, onNote: (String) -> Void) throws {
-        try config.checkRanks(communicator)
+    public init(config: RunConfig, resume: Resume?, layout: RankLayout, onNote: (String) -> Void) throws {
+        guard let communicator = layout.replicas else { throw KDError("rank \(layout.world.rank) holds no student to train") }
         self.communicator = communicator
         outputDir = config.run.outputDir
         metricsPath = (outputDir as NSString).appendingPathComponent("metrics.jsonl")
@@ -61,7 +61,7 @@ public final class TrainingRun {
             try TeacherCache.manifestAndSpec(directory: cache).manifest.checkData(
                 split: "eval", dataset: evalDataset, key: "data.eval", directory: cache)
         }
-        trainer = try Trainer(config: config, resumeFrom: chosen.isEmpty ? nil : chosen, communicator: communicator, onLoad: onNote)
+        trainer = try Trainer(config: config, resumeFrom: chosen.isEmpty ? nil : chosen, layout: layout, onLoad: onNote)
         resumedFrom = chosen.isEmpty ? nil : chosen
         for note in trainer.notes { onNote(note) }
         if writes { try truncateMetrics(after: trainer.step) }

@@ -51,8 +51,9 @@ enum Console {
         _ = writeAll(STDERR_FILENO, Data("kd: error: \(rank)\(oneLine(message))\n".utf8))
     }
 
-    /// Whether this process prints its human and machine output (not a rank other than 0).
-    static var speaks: Bool { Communicator.world.rank == 0 }
+    /// Whether this process prints its human and machine output: rank 0 until a run decides
+    /// otherwise (the rank that writes the run's files).
+    nonisolated(unsafe) static var speaks = Communicator.world.rank == 0
 
     static func oneLine(_ message: String, limit: Int = 1000) -> String {
         var out = ""

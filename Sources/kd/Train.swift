@@ -31,8 +31,15 @@ struct Train: KDCommand {
 
     func execute() throws {
         let run = try RunConfig.load(path: config, overrides: overrides)
+        let layout = try RankLayout(config: run)
+        Console.speaks = layout.writes
+        if !layout.holdsStudent {
+            // A rank that holds only a teacher serves its student's rank until the run ends there.
+            try RemoteTeacher.serve(config: run, layout: layout) { Console.info($0) }
+            return
+        }
         let resumeMode: TrainingRun.Resume? = resume.map { $0 == "auto" ? .auto : .directory($0) }
-        let training = try TrainingRun(config: run, resume: resumeMode) { Console.info($0) }
+        let training = try TrainingRun(config: run, resume: resumeMode, layout: layout) { Console.info($0) }
         if let from = training.resumedFrom { Console.info("resuming from \(from) at step \(training.trainer.step)") }
         if saveGradients && Console.speaks {
             let directory = (run.run.outputDir as NSString).appendingPathComponent("gradients")
@@ -65,6 +72,7 @@ struct Train: KDCommand {
             },
             stopRequested: { requestedStop == 0 ? nil : requestedStop })
         progress.finish()
+        defer { try? training.trainer.models.releaseTeacher() }
         switch outcome {
         case .finished:
             Console.info("done: \(run.run.outputDir)/final_model")

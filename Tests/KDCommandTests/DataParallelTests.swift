@@ -182,11 +182,12 @@ import KDModels
         let replicas = ["--set", "run.data_parallel=2", "--set", "train.batch_size=2"]
         let alone = try KDProcess.run(TrainRunTests.arguments(dir + "/a", steps: 1, extra: replicas))
         #expect(alone.status == 1)
-        #expect(alone.stderr == "kd: error: run.data_parallel is 2: start one MPI rank per replica (mpirun -n 2 kd train ...)\n")
-        let tooMany = try KDProcess.run(TrainRunTests.arguments(dir + "/b", steps: 1), ranks: 2)
+        #expect(alone.stderr == "kd: error: run.data_parallel is 2 with 1 rank a replica: start 2 MPI ranks (mpirun -n 2 kd train ...)\n")
+        let tooMany = try KDProcess.run(TrainRunTests.arguments(dir + "/b", steps: 1), ranks: 3)
         #expect(tooMany.status != 0)
         #expect(tooMany.stderr.contains("kd: error: rank "), "\(tooMany.stderr)")
-        #expect(tooMany.stderr.contains("kd runs as 2 MPI ranks but run.data_parallel is 1"), "\(tooMany.stderr)")
+        #expect(tooMany.stderr.contains("kd runs as 3 MPI ranks but the run needs run.data_parallel 1 × 1 (devices.ranks [0, 0])"),
+                "\(tooMany.stderr)")
         #expect(!FileManager.default.fileExists(atPath: dir + "/b/metrics.jsonl"))
         let smallBatch = try KDProcess.run(TrainRunTests.arguments(dir + "/c", steps: 1, extra: ["--set", "run.data_parallel=2"]),
                                            ranks: 2)
@@ -196,5 +197,87 @@ import KDModels
         let forward = try KDProcess.run(["plan", "--config", Self.fixture + "/run.yaml"], ranks: 2)
         #expect(forward.status != 0)
         #expect(forward.stderr.contains("kd plan runs in one process, not as 2 MPI ranks"), "\(forward.stderr)")
+    }
+}
+
+/// A teacher on a rank of its own (`devices.ranks`; by default device i on rank i when the job has
+/// data_parallel × devices.count ranks): the student's rank sends it each batch and receives its
+/// logits, which are the in-process teacher's bits, so the run is the single process's bit for bit.
+@Suite(.serialized) struct TeacherRankTests {
+    static func run(_ dir: String, _ fixture: String, ranks: Int?, _ extra: [String] = []) throws -> [[String: Any]] {
+        let path = KDProcess.fixtures + "/train/" + fixture
+        let result = try KDProcess.run([
+            "train", "--config", path + "/run.yaml", "--save-gradients", "--set", "run.output_dir=\(dir)",
+            "--set", "teacher.path=\(path)/teacher", "--set", "student.path=\(path)/student",
+            "--set", "lora.init_from=\(path)/adapter-init", "--set", "data.train=\(path)/tokens.jsonl"] + extra, ranks: ranks)
+        #expect(result.status == 0, "\(result.stderr)")
+        return result.stdout.split(separator: "\n").map { KDProcess.json(String($0)) }
+    }
+
+    static let files = ["gradients/step-1.safetensors", "gradients/step-2.safetensors", "checkpoint-2/adapter_model.safetensors",
+                        "checkpoint-2/optimizer.safetensors", "final_model/adapter_model.safetensors"]
+
+    static func sameNumbers(_ a: [[String: Any]], _ b: [[String: Any]]) -> Bool {
+        let keys = ["step", "loss", "kl_loss", "ce_loss", "grad_norm", "tokens", "scored_tokens", "top1_agreement", "transfer_bytes"]
+        return a.count == b.count && zip(a, b).allSatisfy { x, y in
+            keys.allSatisfy { "\(x[$0] ?? "nil")" == "\(y[$0] ?? "nil")" }
+        }
+    }
+
+    @Test(arguments: ["dense-teacher", "moe-teacher"])
+    func twoRanksGiveTheSingleProcessBits(fixture: String) throws {
+        let dir = KDProcess.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let alone = try Self.run(dir + "/alone", fixture, ranks: nil)
+        let split = try Self.run(dir + "/split", fixture, ranks: 2)
+        #expect(alone.count == 2 && Self.sameNumbers(alone, split), "\(alone) vs \(split)")
+        for file in Self.files {
+            let a = FileManager.default.contents(atPath: "\(dir)/alone/\(file)")
+            #expect(a != nil && a == FileManager.default.contents(atPath: "\(dir)/split/\(file)"), "\(file)")
+        }
+        #expect(split.allSatisfy { $0["ranks"] as? Int == 2 })
+        // Over the run: the logits of every scored position and 24 bytes of times a chunk came
+        // back; each micro-batch went over as 40 bytes of header, 5 a token (padded) and 8 a
+        // scored row. (A step's line counts the next batch's request when it was sent early.)
+        let phases = split.first?["phase_ms"] as? [String: Any]
+        #expect(phases?["teacher_forward"] != nil && phases?["teacher_head"] != nil, "\(phases ?? [:])")
+        let config = KDProcess.json(try String(contentsOfFile: KDProcess.fixtures + "/train/\(fixture)/teacher/config.json", encoding: .utf8))
+        let vocab = try #require(config["vocab_size"] as? Int)
+        let scored = split.reduce(0) { $0 + ($1["scored_tokens"] as? Int ?? 0) }
+        let tokens = split.reduce(0) { $0 + ($1["tokens"] as? Int ?? 0) }
+        let sent = split.reduce(0) { $0 + ($1["bytes_sent"] as? Int ?? 0) }
+        let micro = fixture == "moe-teacher" ? 4 : 2
+        let least = scored * vocab * 4 + 24 * micro + 40 * micro + 5 * tokens + 8 * scored
+        #expect(sent >= least && sent <= least + 5 * 64 * micro, "\(sent) bytes for \(scored) scored rows of \(vocab) logits")
+    }
+
+    /// Two replicas of a teacher rank and a student rank each (4 ranks) equal two replicas with
+    /// their teachers in-process, bit for bit.
+    @Test func replicasOfTwoRanksEqualReplicasOfOne() throws {
+        let dir = KDProcess.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let replicas = ["--set", "run.data_parallel=2"]
+        let one = try Self.run(dir + "/one", "dense-teacher", ranks: 2, replicas)
+        let two = try Self.run(dir + "/two", "dense-teacher", ranks: 4, replicas)
+        #expect(one.count == 2 && Self.sameNumbers(one, two), "\(one) vs \(two)")
+        for file in Self.files {
+            let a = FileManager.default.contents(atPath: "\(dir)/one/\(file)")
+            #expect(a != nil && a == FileManager.default.contents(atPath: "\(dir)/two/\(file)"), "\(file)")
+        }
+        #expect(two.allSatisfy { $0["ranks"] as? Int == 4 })
+    }
+
+    /// One model over two ranks is refused, naming the ranks.
+    @Test func aModelAcrossRanksIsRefused() throws {
+        let dir = KDProcess.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let path = KDProcess.fixtures + "/train/dense-teacher"
+        let result = try KDProcess.run([
+            "train", "--config", path + "/run.yaml", "--set", "run.output_dir=\(dir)", "--set", "teacher.path=\(path)/teacher",
+            "--set", "student.path=\(path)/student", "--set", "data.train=\(path)/tokens.jsonl", "--set", "devices.count=3",
+            "--set", "student.devices=[1,2]"], ranks: 3)
+        #expect(result.status != 0)
+        #expect(result.stderr.contains("student.devices [1, 2] are on ranks [1, 2]: one model's stages across ranks are not supported yet"),
+                "\(result.stderr)")
     }
 }
