@@ -160,6 +160,9 @@ public final class TrainingRun {
             // Every rank stops after the same step: the largest signal number any rank received.
             let requested = try communicator.maximum(Int(stopRequested() ?? 0))
             if requested != 0 {
+                // The next batch's teacher work, started early, is not needed (a teacher rank's
+                // chunks of it are taken off the wire).
+                trainer.discardPrefetch()
                 let path = lastCheckpointStep == trainer.step
                     ? (outputDir as NSString).appendingPathComponent("checkpoint-\(trainer.step)") : try checkpoint()
                 return .stopped(signal: Int32(requested), checkpoint: path)

@@ -93,6 +93,21 @@ import KDModels
         }
     }
 
+    /// mpirun's children by their rank (OMPI_COMM_WORLD_RANK in their environment).
+    static func ranks(of parent: pid_t) -> [Int: pid_t] {
+        var out: [Int: pid_t] = [:]
+        for pid in children(of: parent) {
+            guard let environment = FileManager.default.contents(atPath: "/proc/\(pid)/environ") else { continue }
+            for entry in environment.split(separator: 0) {
+                let text = String(decoding: entry, as: UTF8.self)
+                if text.hasPrefix("OMPI_COMM_WORLD_RANK="), let rank = Int(text.dropFirst("OMPI_COMM_WORLD_RANK=".count)) {
+                    out[rank] = pid
+                }
+            }
+        }
+        return out
+    }
+
     /// SIGKILL on one rank ends every rank, non-zero, within 10 s; the checkpoints left are whole,
     /// and `--resume` (under mpirun again) finishes with the adapter and moments of an uninterrupted
     /// run, byte for byte. Dropout and shuffling are on.
@@ -265,6 +280,43 @@ import KDModels
             #expect(a != nil && a == FileManager.default.contents(atPath: "\(dir)/two/\(file)"), "\(file)")
         }
         #expect(two.allSatisfy { $0["ranks"] as? Int == 4 })
+    }
+
+    /// SIGTERM to the student's rank while its teacher's rank works on the next batch: the
+    /// student takes that batch's logits off the wire, writes its checkpoint, lets the teacher
+    /// go, and the job exits 143. Four rows a batch make a chunk too large for MPI to send
+    /// without its receiver (shared memory sends 4 KiB eagerly): a teacher left sending would
+    /// hang the job, which the watchdog ends.
+    @Test func aStoppedStudentReleasesItsTeacher() throws {
+        let dir = KDProcess.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let run = dir + "/run"
+        let launch = KDProcess.launch(ranks: 2, TrainRunTests.arguments(run, steps: 100_000, extra: [
+            "--set", "checkpoint.every_steps=1000", "--set", "train.batch_size=4"]))
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: launch.executable)
+        process.arguments = launch.arguments
+        process.environment = launch.environment
+        process.standardOutput = FileHandle.nullDevice
+        let err = Pipe()
+        process.standardError = err
+        try process.run()
+        defer { if process.isRunning { process.terminate() } }
+        while (try? String(contentsOfFile: run + "/metrics.jsonl", encoding: .utf8))?.contains("\n") != true {
+            try #require(process.isRunning, "the run ended before its first step")
+            usleep(10_000)
+        }
+        let ranks = DataParallelTests.ranks(of: process.processIdentifier)
+        let student = try #require(ranks[1], "mpirun's children: \(ranks)")  // rank 1 holds the student (device 1)
+        kill(student, SIGTERM)
+        let mpirun = process.processIdentifier
+        DispatchQueue.global().asyncAfter(deadline: .now() + 30) { if process.isRunning { kill(mpirun, SIGKILL) } }
+        let errorText = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        process.waitUntilExit()
+        #expect(process.terminationStatus == 143, "\(errorText)")
+        let stopped = try #require(errorText.firstRange(of: "stopped at step ").map { errorText[$0.upperBound...].prefix { $0.isNumber } },
+                                   "\(errorText)")
+        #expect(FileManager.default.fileExists(atPath: "\(run)/checkpoint-\(stopped)/adapter_model.safetensors"), "\(errorText)")
     }
 
     /// One model over two ranks is refused, naming the ranks.
