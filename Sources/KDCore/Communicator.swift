@@ -170,26 +170,31 @@ public final class Communicator: @unchecked Sendable {
     /// `largestMessage` bytes; returns when the buffer may be reused.
     public func send(_ bytes: UnsafeRawBufferPointer, to destination: Int, tag: Int) throws {
         guard let comm else { throw KDError("MPI: a send needs an MPI job") }
-        var offset = 0
-        repeat {
-            let n = min(Self.largestMessage, bytes.count - offset)
+        try Self.inMessages(bytes.count) { offset, n in
             try Self.check(kd_mpi_send_bytes(comm, bytes.baseAddress.map { $0 + offset }, Int32(n), Int32(destination), Int32(tag)),
                            "sending to rank \(destination)")
-            offset += n
-        } while offset < bytes.count
+        }
         count(bytes.count)
     }
 
     /// Receives exactly `bytes.count` bytes that rank `source` sent with `send(_:to:tag:)`.
     public func receive(into bytes: UnsafeMutableRawBufferPointer, from source: Int, tag: Int) throws {
         guard let comm else { throw KDError("MPI: a receive needs an MPI job") }
-        var offset = 0
-        repeat {
-            let n = min(Self.largestMessage, bytes.count - offset)
+        try Self.inMessages(bytes.count) { offset, n in
             try Self.check(kd_mpi_receive_bytes(comm, bytes.baseAddress.map { $0 + offset }, Int32(n), Int32(source), Int32(tag)),
                            "receiving from rank \(source)")
+        }
+    }
+
+    /// Calls `body(offset, length)` for consecutive messages of at most `largestMessage` bytes
+    /// covering `count` bytes (one empty message for none: both sides then agree on the count).
+    private static func inMessages(_ count: Int, _ body: (Int, Int) throws -> Void) rethrows {
+        var offset = 0
+        repeat {
+            let n = min(largestMessage, count - offset)
+            try body(offset, n)
             offset += n
-        } while offset < bytes.count
+        } while offset < count
     }
 
     /// Root's bytes on every rank (other ranks' `bytes` are ignored).

@@ -468,9 +468,9 @@ public final class Trainer {
         return shapes
     }
 
-    /// FNV-1a of every key that changes the numbers of a step (not max_steps, bookkeeping, or
-    /// activation checkpointing, which gives the same numbers bit for bit). distill.loss enters
-    /// unless it is forward_kl, and distill.jsd_beta only with jsd, so the hash of a forward_kl
+    /// FNV-1a of every key that changes the numbers of a step (not max_steps, bookkeeping,
+    /// activation checkpointing or devices.ranks, which give the same numbers bit for bit).
+    /// distill.loss enters unless it is forward_kl, and distill.jsd_beta only with jsd, so the hash of a forward_kl
     /// run is the one kd computed before these keys existed (its checkpoints resume unchanged).
     /// teacher.dtype and student.dtype enter only as bf16, the one setting that can round
     /// weights: auto and f32 hold the same values and give the same numbers bit for bit.
@@ -478,7 +478,7 @@ public final class Trainer {
     var configHash: String {
         var ignored: Set<String> = ["train.max_steps", "run.output_dir", "run.threads", "run.concurrency", "checkpoint.every_steps",
                                     "checkpoint.keep_last", "checkpoint.save_merged", "log.every_steps",
-                                    "train.activation_checkpointing"]
+                                    "train.activation_checkpointing", "devices.ranks"]
         if config.distill.loss == .forwardKL { ignored.insert("distill.loss") }
         if config.distill.loss != .jsd { ignored.insert("distill.jsd_beta") }
         if config.teacher.dtype != .bf16 { ignored.insert("teacher.dtype") }

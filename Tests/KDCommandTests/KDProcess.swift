@@ -28,6 +28,20 @@ struct KDProcess {
         return (mpirun, ["-n", "\(ranks)", "--oversubscribe", binary] + arguments, environment)
     }
 
+    /// Starts `ranks` copies of kd under mpirun and returns at once; stdout is dropped, stderr goes
+    /// to `stderr` (dropped without one).
+    static func start(_ arguments: [String], ranks: Int, stderr: Pipe? = nil) throws -> Process {
+        let launch = launch(ranks: ranks, arguments)
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: launch.executable)
+        process.arguments = launch.arguments
+        process.environment = launch.environment
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = stderr ?? FileHandle.nullDevice
+        try process.run()
+        return process
+    }
+
     /// Runs kd, or `ranks` copies of it under mpirun.
     @discardableResult
     static func run(_ arguments: [String], stdin: String? = nil, directory: String? = nil, ranks: Int? = nil) throws -> Result {
