@@ -39,11 +39,20 @@ public final class CausalLM {
         let spec = checkpoint.spec
         let placement = Placement(spec: spec, deviceCount: group.count, elementSize: checkpoint.heldElementSize(dtype))
         try placement.checkCapacity(of: group)
+        let held = try loadStages(placement.stages, from: checkpoint, on: group, dtype: dtype)
+        return CausalLM(spec: spec, group: group, placement: placement, embedding: held.embedding, layers: held.layers,
+                        finalNorm: held.finalNorm!, lmHead: held.head!)
+    }
+
+    /// The weights of `stages` (consecutive, in order), each loaded onto its device of `group`.
+    static func loadStages(_ stages: [Placement.Stage], from checkpoint: Checkpoint, on group: DeviceGroup, dtype: WeightDType)
+        throws -> (embedding: Tensor?, layers: [DecoderLayer], finalNorm: Tensor?, head: Tensor?) {
+        let spec = checkpoint.spec
         var layers: [DecoderLayer] = []
         var embedding: Tensor?
         var finalNorm: Tensor?
         var head: Tensor?
-        for stage in placement.stages {
+        for stage in stages {
             let device = group.devices[stage.deviceIndex]
             // Tied on one device: token rows are read from the head; one copy is kept.
             let tiedHere = spec.tieWordEmbeddings && stage.holdsEmbedding && stage.holdsHead
@@ -60,8 +69,7 @@ public final class CausalLM {
                 }
             }
         }
-        return CausalLM(spec: spec, group: group, placement: placement, embedding: embedding, layers: layers,
-                        finalNorm: finalNorm!, lmHead: head!)
+        return (embedding, layers, finalNorm, head)
     }
 
     static func loadLayer(_ index: Int, from checkpoint: Checkpoint, spec: ModelSpec, on device: Device,
@@ -99,7 +107,9 @@ public final class CausalLM {
     /// Every linear layer, in layer order (where LoRA adapters attach).
     public var linears: [Linear] { layers.flatMap(\.linears) }
 
-    func checkTokens(_ batch: TokenBatch) throws {
+    func checkTokens(_ batch: TokenBatch) throws { try Self.checkTokens(batch, spec: spec) }
+
+    static func checkTokens(_ batch: TokenBatch, spec: ModelSpec) throws {
         for (i, id) in batch.inputIDs.enumerated() where id < 0 || Int(id) >= spec.vocabSize {
             throw KDError(
                 "token id \(id) at row \(i / max(1, batch.sequenceLength)), position \(i % max(1, batch.sequenceLength)) "
@@ -135,29 +145,40 @@ public final class CausalLM {
     public func hiddenStates(_ batch: TokenBatch, training: Bool = false) throws -> Tensor {
         try checkTokens(batch)
         let context = ForwardContext(batch: batch, headDim: spec.headDim, ropeTheta: spec.ropeTheta)
-        let hidden = spec.hiddenSize
         let input = try timed("forward") {
             try throughLayers(embed(batch.inputIDs.map(Int.init))) { layer, x in
                 try layer.forward(x, context: context, training: training)
             }
         }
-        let (normed, inverseRMS) = try lastDevice.run { [self] in
-            let normed = try Tensor(uninitializedShape: input.shape, on: lastDevice)
-            let inverseRMS = try Tensor(uninitializedShape: [batch.tokenCount], on: lastDevice)
-            Kernels.rmsNorm(input.data, weight: finalNorm.data, rows: batch.tokenCount, cols: hidden,
-                            eps: spec.rmsNormEps, into: normed.data, inverseRMS: inverseRMS.data)
-            return (normed, inverseRMS)
-        }
+        let (normed, inverseRMS) = try Self.finalNorm(input, weight: finalNorm, spec: spec)
         trainingState = training ? (context, input, inverseRMS) : nil
         return normed
     }
 
+    /// The final RMS norm of `input` [rows, hidden] with `weight`, on their device, and each row's 1/rms.
+    static func finalNorm(_ input: Tensor, weight: Tensor, spec: ModelSpec) throws -> (normed: Tensor, inverseRMS: Tensor) {
+        let device = weight.device, rows = input.shape[0]
+        try requireSameDevice(input, weight, op: "final norm")
+        return try device.run {
+            let normed = try Tensor(uninitializedShape: input.shape, on: device)
+            let inverseRMS = try Tensor(uninitializedShape: [rows], on: device)
+            Kernels.rmsNorm(input.data, weight: weight.data, rows: rows, cols: spec.hiddenSize,
+                            eps: spec.rmsNormEps, into: normed.data, inverseRMS: inverseRMS.data)
+            return (normed, inverseRMS)
+        }
+    }
+
     /// The embedding rows of `ids` [ids.count, hidden] on the first device.
     func embed(_ ids: [Int]) throws -> Tensor {
-        let hidden = spec.hiddenSize
-        return try firstDevice.run { [self] in
-            let x = try Tensor(uninitializedShape: [ids.count, hidden], on: firstDevice)
-            WeightProducts.gatherRows(embedding ?? lmHead, ids: ids, into: x.data)
+        try Self.embed(ids, from: embedding ?? lmHead, spec: spec)
+    }
+
+    /// The rows of `ids` of an embedding table [vocab, hidden], on its device.
+    static func embed(_ ids: [Int], from table: Tensor, spec: ModelSpec) throws -> Tensor {
+        let device = table.device
+        return try device.run {
+            let x = try Tensor(uninitializedShape: [ids.count, spec.hiddenSize], on: device)
+            WeightProducts.gatherRows(table, ids: ids, into: x.data)
             return x
         }
     }

@@ -244,22 +244,28 @@ public struct MemoryPlan: Sendable {
         let local = config.devices.ranks ?? [Int](repeating: 0, count: config.deviceCount)
         let perReplica = (local.max() ?? 0) + 1
         let studentRank = local[config.student.devices[0]]
-        let teacherRank = cached == nil ? local[config.teacher.devices[0]] : studentRank
+        var teacherRanks: [Int] = []  // in stage order, as RankLayout reads them
+        for rank in config.teacher.devices.map({ local[$0] }) where teacherRanks.last != rank { teacherRanks.append(rank) }
+        if cached != nil { teacherRanks = [studentRank] }
         let replicaSums = replicas == 1 ? 0 : Communicator.bytesSentBySumInRankOrder(count: student.loraParameters, ranks: replicas)
             + Trainer.exchangedNumbersPerStep * 8 * (replicas - 1)
-        // A teacher on its own rank gets each micro-batch's tokens and scored rows, and sends back
-        // the logits of every scored position (at most every position), chunk by chunk.
+        // Teacher ranks get each micro-batch's tokens and scored rows; each part sends the next its
+        // output (every position's hidden state), and the last the logits of every scored
+        // position (at most every position), chunk by chunk.
         let rows = Double(config.train.gradAccumSteps) * tokens
         let chunks = (rows / Double(config.distill.chunkTokens)).rounded(.up)
-        let requests = Double(config.train.gradAccumSteps) * 40 + rows * (4 + 1 + 8)
+        let requests = (Double(config.train.gradAccumSteps) * 40 + rows * (4 + 1 + 8)) * Double(teacherRanks.count)
         let logits = rows * Double(teacherSpec.vocabSize) * f32 + chunks * 24
+        let hiddenStates = rows * Double(teacherSpec.hiddenSize) * f32
         var all: [RankUsage] = []
         for replica in 0..<replicas {
             for rank in 0..<perReplica {
                 let ids = usage.map(\.id).filter { local[$0] == rank }
                 let bytes = ids.reduce(0.0) { $0 + Double(usage[$1].totalBytes) }
                 var sent = rank == studentRank ? Double(replicaSums) : 0
-                if teacherRank != studentRank { sent += rank == studentRank ? requests : rank == teacherRank ? logits : 0 }
+                if teacherRanks != [studentRank] {
+                    sent += rank == studentRank ? requests : rank == teacherRanks.last ? logits : teacherRanks.contains(rank) ? hiddenStates : 0
+                }
                 all.append(RankUsage(rank: replica * perReplica + rank, devices: ids, bytes: MemoryPlan.bytes(bytes),
                                      sentBytesPerStep: MemoryPlan.bytes(sent)))
             }

@@ -2,43 +2,49 @@ import Foundation
 import KDCore
 import KDModels
 
-/// A teacher on another rank of the job (see `RankLayout`), as the student's rank sees it: it
-/// sends the teacher's rank each batch's tokens and scored rows as soon as the batch is known, and
-/// receives the logits chunk by chunk, straight into the student's loss device. The teacher's rank
-/// (`serve`) runs the same forward and head as an in-process teacher, so the logits are the same
-/// bits; and it works on the next batch while the student finishes this one, as a concurrent
-/// in-process teacher does.
+/// A teacher on other ranks of the job (see `RankLayout`), as the student's rank sees it: it sends
+/// the teacher's ranks each batch's tokens and scored rows as soon as the batch is known, and
+/// receives the logits chunk by chunk from the last of them, straight into the student's loss
+/// device. The teacher's ranks (`serve`) each hold consecutive stages (`ModelPart`): each passes
+/// its layers' output to the next, and the last applies the final norm and the output projection.
+/// The kernels and their order are the in-process teacher's, so the logits are the same bits; and
+/// every part works on the next batch while the parts after it, and the student, finish this one.
 ///
-/// Messages between the two ranks, in order (MPI keeps the order of one sender's messages with one
-/// tag): a request is five Int64 (kind: 1 batch, 0 stop; batch size; sequence length; scored rows;
+/// Messages, in order (MPI keeps the order of one sender's messages with one tag): to every teacher
+/// rank a request of five Int64 (kind: 1 batch, 0 stop; batch size; sequence length; scored rows;
 /// chunk tokens), then the token ids (Int32), the attention mask (UInt8) and the scored rows
-/// (Int64); each chunk of the answer is three Float64 (seconds, forward seconds, head seconds) and
-/// then its logits, rows × teacher vocabulary f32. Every chunk of a request is received, also when
-/// the student no longer needs it (`TeacherStream.cancel`), so the two ranks never fall out of step.
+/// (Int64); from one part to the next its output, tokens × hidden f32; from the last part to the
+/// student each chunk, three Float64 (seconds, the part's forward seconds, head seconds) and then
+/// its logits, rows × teacher vocabulary f32. Every chunk of a request is received, also when the
+/// student no longer needs it (`TeacherStream.cancel`), so the ranks never fall out of step.
 public final class RemoteTeacher: @unchecked Sendable {
-    static let requestTag = 11, chunkTag = 12
+    static let requestTag = 11, chunkTag = 12, hiddenTag = 13
     let communicator: Communicator
-    /// The teacher's rank in `communicator`.
-    let rank: Int
+    /// The teacher's ranks in `communicator`, in stage order; the last sends the logits.
+    let ranks: [Int]
+    var rank: Int { ranks[ranks.count - 1] }
     public let spec: ModelSpec
     private let lock = NSLock()
     private var received = 0
     /// Bytes the teacher's rank has sent this rank (the chunks).
     public var bytesReceived: Int { lock.withLock { received } }
 
-    init(communicator: Communicator, rank: Int, spec: ModelSpec) {
+    init(communicator: Communicator, ranks: [Int], spec: ModelSpec) {
         self.communicator = communicator
-        self.rank = rank
+        self.ranks = ranks
         self.spec = spec
     }
 
-    /// Sends a batch to the teacher's rank.
+    /// Sends a batch to the teacher's ranks.
     func request(_ tokens: TokenBatch, rows: [Int], chunkTokens: Int) throws {
         let header: [Int64] = [1, Int64(tokens.batchSize), Int64(tokens.sequenceLength), Int64(rows.count), Int64(chunkTokens)]
-        try header.withUnsafeBytes { try communicator.send($0, to: rank, tag: Self.requestTag) }
-        try tokens.inputIDs.withUnsafeBytes { try communicator.send($0, to: rank, tag: Self.requestTag) }
-        try tokens.attentionMask.withUnsafeBytes { try communicator.send($0, to: rank, tag: Self.requestTag) }
-        try rows.map { Int64($0) }.withUnsafeBytes { try communicator.send($0, to: rank, tag: Self.requestTag) }
+        let scored = rows.map { Int64($0) }
+        for rank in ranks {
+            try header.withUnsafeBytes { try communicator.send($0, to: rank, tag: Self.requestTag) }
+            try tokens.inputIDs.withUnsafeBytes { try communicator.send($0, to: rank, tag: Self.requestTag) }
+            try tokens.attentionMask.withUnsafeBytes { try communicator.send($0, to: rank, tag: Self.requestTag) }
+            try scored.withUnsafeBytes { try communicator.send($0, to: rank, tag: Self.requestTag) }
+        }
     }
 
     /// Receives the next chunk of `rows` rows onto `target`.
@@ -56,32 +62,41 @@ public final class RemoteTeacher: @unchecked Sendable {
         return TeacherStream.Chunk(targets: .logits(logits), seconds: times[0], phases: phases, movedBytes: logits.byteCount)
     }
 
-    /// Tells the teacher's rank that no more batches come.
+    /// Tells the teacher's ranks that no more batches come.
     public func stop() throws {
         let header: [Int64] = [0, 0, 0, 0, 0]
-        try header.withUnsafeBytes { try communicator.send($0, to: rank, tag: Self.requestTag) }
+        for rank in ranks { try header.withUnsafeBytes { try communicator.send($0, to: rank, tag: Self.requestTag) } }
     }
 
-    /// The teacher's rank: loads the teacher onto its devices and answers the student's rank until
-    /// it says stop. `onLoad` gets a line once the teacher is loaded.
+    /// A teacher's rank: loads its part of the teacher (the stages on its devices) and answers the
+    /// student's rank until it says stop. `onLoad` gets a line once the part is loaded.
     public static func serve(config: RunConfig, layout: RankLayout, onLoad: (String) -> Void) throws {
         let plan = try MemoryPlan(config: config, teacherElsewhere: true)
         BLAS.threads = plan.budget.threads
-        if let over = plan.devices.first(where: { !$0.fits && config.teacher.devices.contains($0.id) }) {
+        let communicator = layout.world, student = layout.studentRank
+        let position = layout.teacherRanks.firstIndex(of: communicator.rank)!
+        let mine = communicator.rank % layout.ranksPerReplica
+        let held = Set(config.teacher.devices.indices.filter { layout.deviceRanks[config.teacher.devices[$0]] == mine })
+        let heldIDs = Set(held.map { config.teacher.devices[$0] })
+        if let over = plan.devices.first(where: { !$0.fits && heldIDs.contains($0.id) }) {
             throw KDError("the teacher does not fit device \(over.id): it needs \(formatBytes(over.totalBytes)) of "
                 + "\(formatBytes(over.capacityBytes ?? 0)) (see kd plan)")
         }
         let start = ContinuousClock.now
         let devices = try DeviceGroup.make(count: config.deviceCount, capacity: config.devices.memoryPerDevice?.bytes)
-        let teacher = try CausalLM.load(try Checkpoint(directory: config.teacher.path),
-                                        on: try DeviceGroup(config.teacher.devices.map { devices.devices[$0] }), dtype: config.teacher.dtype)
-        onLoad(String(format: "loaded the teacher in %.1f s", (ContinuousClock.now - start).seconds))
-        let communicator = layout.world, student = layout.studentRank
+        let part = try ModelPart.load(try Checkpoint(directory: config.teacher.path),
+                                      on: try DeviceGroup(config.teacher.devices.map { devices.devices[$0] }), holding: held,
+                                      dtype: config.teacher.dtype)
+        let layers = part.stages.reduce(0) { $0 + $1.layers.count }
+        onLoad(String(format: "loaded %d teacher layers in %.1f s", layers, (ContinuousClock.now - start).seconds))
+        let previous = position > 0 ? layout.teacherRanks[position - 1] : nil
+        let next = position + 1 < layout.teacherRanks.count ? layout.teacherRanks[position + 1] : nil
         func receive<T>(_ count: Int, _ type: T.Type) throws -> [T] where T: FixedWidthInteger {
             var values = [T](repeating: 0, count: count)
             try values.withUnsafeMutableBytes { try communicator.receive(into: $0, from: student, tag: requestTag) }
             return values
         }
+        let vocab = part.spec.vocabSize, hidden = part.spec.hiddenSize
         while true {
             let header = try receive(5, Int64.self)
             if header[0] == 0 { return }
@@ -93,19 +108,40 @@ public final class RemoteTeacher: @unchecked Sendable {
             }
             let ids = try receive(batch * length, Int32.self), mask = try receive(batch * length, UInt8.self)
             let rows = try receive(rowCount, Int64.self).map { Int($0) }
-            guard rows.allSatisfy({ $0 >= 0 && $0 < batch * length }),
-                  ids.allSatisfy({ $0 >= 0 && Int($0) < teacher.spec.vocabSize }) else {
-                throw KDError("rank \(student) sent the teacher rows or token ids out of range")
+            guard rows.allSatisfy({ $0 >= 0 && $0 < batch * length }) else {
+                throw KDError("rank \(student) sent the teacher rows out of range")
             }
-            let stream = TeacherStream.live(
-                teacher: teacher, tokens: TokenBatch(batchSize: batch, sequenceLength: length, inputIDs: ids, attentionMask: mask),
-                rows: rows, chunkTokens: chunkTokens, target: teacher.lastDevice, concurrent: false)
-            for _ in TeacherStream.ranges(rowCount, chunkTokens) {
-                let chunk = try stream.next()
-                guard case .logits(let logits) = chunk.targets else { continue }
-                let times = [chunk.seconds, chunk.phases["teacher_forward"] ?? 0, chunk.phases["teacher_head"] ?? 0]
+            let tokens = TokenBatch(batchSize: batch, sequenceLength: length, inputIDs: ids, attentionMask: mask)
+            var input: Tensor?
+            if let previous {
+                let x = try Tensor(uninitializedShape: [batch * length, hidden], on: part.firstDevice)
+                try part.firstDevice.run {
+                    try communicator.receive(into: UnsafeMutableRawBufferPointer(start: x.bytes, count: x.byteCount),
+                                             from: previous, tag: hiddenTag)
+                }
+                input = x
+            }
+            let forwardStart = ContinuousClock.now
+            let output = try part.forward(tokens, input: input)
+            let forwardSeconds = (ContinuousClock.now - forwardStart).seconds
+            if let next {
+                try output.device.run {
+                    try communicator.send(UnsafeRawBufferPointer(start: output.bytes, count: output.byteCount), to: next, tag: hiddenTag)
+                }
+                continue
+            }
+            for (index, range) in TeacherStream.ranges(rowCount, chunkTokens).enumerated() {
+                let headStart = ContinuousClock.now
+                let logits = try part.lastDevice.run {
+                    let rowsOfChunk = try gather(output, rows: rows[range])
+                    let logits = try Tensor(uninitializedShape: [range.count, vocab], on: part.lastDevice)
+                    try part.project(rowsOfChunk.data, rows: range.count, into: logits.data)
+                    return logits
+                }
+                let head = (ContinuousClock.now - headStart).seconds
+                let times = [head + (index == 0 ? forwardSeconds : 0), index == 0 ? forwardSeconds : 0, head]
                 try times.withUnsafeBytes { try communicator.send($0, to: student, tag: chunkTag) }
-                try teacher.lastDevice.run {
+                try part.lastDevice.run {
                     try communicator.send(UnsafeRawBufferPointer(start: logits.bytes, count: logits.byteCount), to: student, tag: chunkTag)
                 }
             }

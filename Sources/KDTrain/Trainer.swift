@@ -106,7 +106,7 @@ public struct RunModels {
         if let cache {
             teacher = .cached(cache, split: "train")
         } else if remote, let layout {
-            teacher = .remote(RemoteTeacher(communicator: layout.world, rank: layout.teacherRank, spec: plan.teacher.spec))
+            teacher = .remote(RemoteTeacher(communicator: layout.world, ranks: layout.teacherRanks, spec: plan.teacher.spec))
         } else {
             teacher = .live(try CausalLM.load(try Checkpoint(directory: config.teacher.path),
                                               on: try DeviceGroup(config.teacher.devices.map { devices.devices[$0] }),
@@ -117,7 +117,8 @@ public struct RunModels {
                                         dtype: config.student.dtype)
         let seconds = (ContinuousClock.now - start).seconds
         onLoad(cache != nil ? String(format: "loaded the student in %.1f s (teacher: %@)", seconds, cache!.directory)
-            : remote ? String(format: "loaded the student in %.1f s (teacher: rank %d)", seconds, layout!.teacherRank)
+            : remote ? String(format: "loaded the student in %.1f s (teacher: ranks %@)", seconds,
+                              layout!.teacherRanks.map(String.init).joined(separator: ","))
             : String(format: "loaded teacher and student in %.1f s", seconds))
         return RunModels(budget: budget, devices: devices, teacher: teacher, teacherSpec: plan.teacher.spec, student: student,
                          tokenizer: tokenizer, vocab: vocab, padID: tokenizer?.padID ?? 0, notes: notes)

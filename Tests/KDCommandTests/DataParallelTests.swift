@@ -226,8 +226,11 @@ import KDModels
     static let files = ["gradients/step-1.safetensors", "gradients/step-2.safetensors", "checkpoint-2/adapter_model.safetensors",
                         "checkpoint-2/optimizer.safetensors", "final_model/adapter_model.safetensors"]
 
-    static func sameNumbers(_ a: [[String: Any]], _ b: [[String: Any]]) -> Bool {
-        let keys = ["step", "loss", "kl_loss", "ce_loss", "grad_norm", "tokens", "scored_tokens", "top1_agreement", "transfer_bytes"]
+    /// Equal metrics lines but for timings and bytes (with `transfers`, also the bytes copied
+    /// between a process's devices, which a teacher split over ranks sends instead).
+    static func sameNumbers(_ a: [[String: Any]], _ b: [[String: Any]], transfers: Bool = true) -> Bool {
+        let keys = ["step", "loss", "kl_loss", "ce_loss", "grad_norm", "tokens", "scored_tokens", "top1_agreement"]
+            + (transfers ? ["transfer_bytes"] : [])
         return a.count == b.count && zip(a, b).allSatisfy { x, y in
             keys.allSatisfy { "\(x[$0] ?? "nil")" == "\(y[$0] ?? "nil")" }
         }
@@ -311,7 +314,28 @@ import KDModels
         #expect(resumed.status == 0 && !resumed.stderr.contains("skipping"), "\(resumed.stderr)")
     }
 
-    /// One model over two ranks is refused, naming the ranks.
+    /// The teacher's stages over ranks of their own, one device each (2 for the MoE teacher; 6, as
+    /// the reference experiment places its teacher, for the dense one), the student on the last
+    /// rank: each rank loads its stages only, passes its output on, and the last sends the logits;
+    /// gradients, adapters and moments are the single process's with the same devices, byte for byte.
+    @Test(arguments: [("moe-teacher", 2), ("dense-teacher", 6)])
+    func aTeacherSplitOverRanksGivesTheSingleProcessBits(fixture: String, teacherDevices: Int) throws {
+        let dir = KDProcess.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let devices = ["--set", "devices.count=\(teacherDevices + 1)",
+                       "--set", "teacher.devices=[\((0..<teacherDevices).map(String.init).joined(separator: ","))]",
+                       "--set", "student.devices=[\(teacherDevices)]"]
+        let alone = try Self.run(dir + "/alone", fixture, ranks: nil, devices)
+        let split = try Self.run(dir + "/split", fixture, ranks: teacherDevices + 1, devices)
+        #expect(alone.count == 2 && Self.sameNumbers(alone, split, transfers: false), "\(alone) vs \(split)")
+        for file in Self.files {
+            let a = FileManager.default.contents(atPath: "\(dir)/alone/\(file)")
+            #expect(a != nil && a == FileManager.default.contents(atPath: "\(dir)/split/\(file)"), "\(file)")
+        }
+        #expect(split.allSatisfy { $0["ranks"] as? Int == teacherDevices + 1 })
+    }
+
+    /// The student over two ranks is refused, naming the ranks.
     @Test func aModelAcrossRanksIsRefused() throws {
         let dir = KDProcess.temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: dir) }
@@ -321,7 +345,7 @@ import KDModels
             "--set", "student.path=\(path)/student", "--set", "data.train=\(path)/tokens.jsonl", "--set", "devices.count=3",
             "--set", "student.devices=[1,2]"], ranks: 3)
         #expect(result.status != 0)
-        #expect(result.stderr.contains("student.devices [1, 2] are on ranks [1, 2]: one model's stages across ranks are not supported yet"),
+        #expect(result.stderr.contains("student.devices [1, 2] are on ranks [1, 2]: the student's stages across ranks are not supported yet"),
                 "\(result.stderr)")
     }
 }
