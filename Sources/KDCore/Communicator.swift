@@ -186,6 +186,20 @@ public final class Communicator: @unchecked Sendable {
         }
     }
 
+    /// Sends a tensor's bytes, from its device's thread (see `send(_:to:tag:)`).
+    public func send(_ tensor: Tensor, to destination: Int, tag: Int) throws {
+        try tensor.device.run {
+            try self.send(UnsafeRawBufferPointer(start: tensor.bytes, count: tensor.byteCount), to: destination, tag: tag)
+        }
+    }
+
+    /// Receives exactly a tensor's bytes into it, on its device's thread (see `receive(into:from:tag:)`).
+    public func receive(into tensor: Tensor, from source: Int, tag: Int) throws {
+        try tensor.device.run {
+            try self.receive(into: UnsafeMutableRawBufferPointer(start: tensor.bytes, count: tensor.byteCount), from: source, tag: tag)
+        }
+    }
+
     /// Calls `body(offset, length)` for consecutive messages of at most `largestMessage` bytes
     /// covering `count` bytes (one empty message for none: both sides then agree on the count).
     private static func inMessages(_ count: Int, _ body: (Int, Int) throws -> Void) rethrows {

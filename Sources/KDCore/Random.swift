@@ -18,8 +18,12 @@ public struct RandomGenerator: RandomNumberGenerator, Equatable, Sendable {
 
     /// A generator for an independent stream, derived from a seed and stream labels.
     public init(seed: UInt64, stream: UInt64...) {
+        self.init(seed: seed, streams: stream)
+    }
+
+    public init(seed: UInt64, streams: [UInt64]) {
         var mixed = seed
-        for label in stream { mixed = RandomGenerator.splitMixValue(mixed ^ RandomGenerator.splitMixValue(label)) }
+        for label in streams { mixed = RandomGenerator.splitMixValue(mixed ^ RandomGenerator.splitMixValue(label)) }
         self.init(seed: mixed)
     }
 

@@ -138,12 +138,7 @@ public final class TeacherStream: @unchecked Sendable {
             }
             let headStart = ContinuousClock.now
             let range = chunks[index]
-            let logits = try teacher.lastDevice.run {
-                let rowsOfChunk = try gather(hidden!, rows: rows[range])
-                let logits = try Tensor(uninitializedShape: [range.count, teacher.spec.vocabSize], on: teacher.lastDevice)
-                try teacher.project(rowsOfChunk.data, rows: range.count, into: logits.data)
-                return logits
-            }
+            let logits = try projectRows(hidden!, rows: rows[range], vocab: teacher.spec.vocabSize, through: teacher.project)
             phases["teacher_head"] = (ContinuousClock.now - headStart).seconds
             let moved = try logits.to(target)
             return Chunk(targets: .logits(moved), seconds: (ContinuousClock.now - start).seconds, phases: phases,
@@ -332,12 +327,7 @@ public struct DistillationPass {
             let range = start..<min(rows.count, start + chunkTokens)
             // The student's logits first: when concurrent, they are computed while the teacher's arrive.
             var chunkStart = ContinuousClock.now
-            let logits = try studentDevice.run { [student] in
-                let hidden = try gather(studentHidden, rows: rows[range])
-                let logits = try Tensor(uninitializedShape: [range.count, studentVocab], on: studentDevice)
-                try student.project(hidden.data, rows: range.count, into: logits.data)
-                return logits
-            }
+            let logits = try projectRows(studentHidden, rows: rows[range], vocab: studentVocab, through: student.project)
             result.studentSeconds += (ContinuousClock.now - chunkStart).seconds
             let teacherChunk = try stream.next()
             result.teacherSeconds += teacherChunk.seconds
@@ -379,6 +369,19 @@ public struct DistillationPass {
         }
         result.transferBytes += student.movedBytes - studentMovedBefore
         return result
+    }
+}
+
+/// The logits [rows.count, vocab] of rows `rows` of `hidden` [n, hidden], through an output
+/// projection (`CausalLM.project`, `ModelPart.project`), on the hidden states' device.
+func projectRows(_ hidden: Tensor, rows: ArraySlice<Int>, vocab: Int,
+                 through project: @escaping (UnsafePointer<Float>, Int, UnsafeMutablePointer<Float>) throws -> Void) throws -> Tensor {
+    let device = hidden.device
+    return try device.run {
+        let gathered = try gather(hidden, rows: rows)
+        let logits = try Tensor(uninitializedShape: [rows.count, vocab], on: device)
+        try project(gathered.data, rows.count, logits.data)
+        return logits
     }
 }
 

@@ -244,9 +244,7 @@ public struct MemoryPlan: Sendable {
         let local = config.devices.ranks ?? [Int](repeating: 0, count: config.deviceCount)
         let perReplica = (local.max() ?? 0) + 1
         let studentRank = local[config.student.devices[0]]
-        var teacherRanks: [Int] = []  // in stage order, as RankLayout reads them
-        for rank in config.teacher.devices.map({ local[$0] }) where teacherRanks.last != rank { teacherRanks.append(rank) }
-        if cached != nil { teacherRanks = [studentRank] }
+        let teacherRanks = RankLayout.teacherRanks(config, deviceRanks: local, studentRank: studentRank)
         let replicaSums = replicas == 1 ? 0 : Communicator.bytesSentBySumInRankOrder(count: student.loraParameters, ranks: replicas)
             + Trainer.exchangedNumbersPerStep * 8 * (replicas - 1)
         // Teacher ranks get each micro-batch's tokens and scored rows; each part sends the next its

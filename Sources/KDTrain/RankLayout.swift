@@ -29,6 +29,15 @@ public struct RankLayout {
     /// Whether this rank writes the run's files and prints (replica 0's student).
     public var writes: Bool { holdsStudent && replica == 0 }
 
+    /// The ranks (within a replica) of the teacher's parts in stage order: its devices in order, one
+    /// block of them a rank; the student's rank when a cache stands in for the teacher.
+    static func teacherRanks(_ config: RunConfig, deviceRanks: [Int], studentRank: Int) -> [Int] {
+        if config.data.teacherCache != nil { return [studentRank] }
+        var ranks: [Int] = []
+        for rank in config.teacher.devices.map({ deviceRanks[$0] }) where ranks.last != rank { ranks.append(rank) }
+        return ranks
+    }
+
     public init(config: RunConfig, world: Communicator = .world) throws {
         let replicas = config.run.dataParallel, devices = config.deviceCount
         let local: [Int]
@@ -53,10 +62,7 @@ public struct RankLayout {
             throw KDError("student.devices \(config.student.devices) are on ranks \(studentRanks.sorted()): the student's stages "
                 + "across ranks are not supported yet (put its devices on one rank; the teacher may be on others)")
         }
-        // The teacher's ranks in stage order: its devices in order, one block a rank.
-        var teacher: [Int] = []
-        for rank in config.teacher.devices.map({ local[$0] }) where teacher.last != rank { teacher.append(rank) }
-        if config.data.teacherCache != nil { teacher = [student] }
+        let teacher = Self.teacherRanks(config, deviceRanks: local, studentRank: student)
         guard Set(teacher).count == teacher.count else {
             throw KDError("teacher.devices \(config.teacher.devices) are on ranks \(config.teacher.devices.map { local[$0] }): "
                 + "each rank must hold consecutive stages of the teacher")

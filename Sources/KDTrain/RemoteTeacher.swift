@@ -52,10 +52,7 @@ public final class RemoteTeacher: @unchecked Sendable {
         var times = [Double](repeating: 0, count: 3)
         try times.withUnsafeMutableBytes { try communicator.receive(into: $0, from: rank, tag: Self.chunkTag) }
         let logits = try Tensor(uninitializedShape: [rows, spec.vocabSize], on: target)
-        try target.run { [communicator, rank] in
-            try communicator.receive(into: UnsafeMutableRawBufferPointer(start: logits.bytes, count: logits.byteCount),
-                                     from: rank, tag: Self.chunkTag)
-        }
+        try communicator.receive(into: logits, from: rank, tag: Self.chunkTag)
         lock.withLock { received += times.count * MemoryLayout<Double>.stride + logits.byteCount }
         var phases = ["teacher_head": times[2]]
         if times[1] > 0 { phases["teacher_forward"] = times[1] }
@@ -115,35 +112,23 @@ public final class RemoteTeacher: @unchecked Sendable {
             var input: Tensor?
             if let previous {
                 let x = try Tensor(uninitializedShape: [batch * length, hidden], on: part.firstDevice)
-                try part.firstDevice.run {
-                    try communicator.receive(into: UnsafeMutableRawBufferPointer(start: x.bytes, count: x.byteCount),
-                                             from: previous, tag: hiddenTag)
-                }
+                try communicator.receive(into: x, from: previous, tag: hiddenTag)
                 input = x
             }
             let forwardStart = ContinuousClock.now
             let output = try part.forward(tokens, input: input)
             let forwardSeconds = (ContinuousClock.now - forwardStart).seconds
             if let next {
-                try output.device.run {
-                    try communicator.send(UnsafeRawBufferPointer(start: output.bytes, count: output.byteCount), to: next, tag: hiddenTag)
-                }
+                try communicator.send(output, to: next, tag: hiddenTag)
                 continue
             }
             for (index, range) in TeacherStream.ranges(rowCount, chunkTokens).enumerated() {
                 let headStart = ContinuousClock.now
-                let logits = try part.lastDevice.run {
-                    let rowsOfChunk = try gather(output, rows: rows[range])
-                    let logits = try Tensor(uninitializedShape: [range.count, vocab], on: part.lastDevice)
-                    try part.project(rowsOfChunk.data, rows: range.count, into: logits.data)
-                    return logits
-                }
+                let logits = try projectRows(output, rows: rows[range], vocab: vocab, through: part.project)
                 let head = (ContinuousClock.now - headStart).seconds
                 let times = [head + (index == 0 ? forwardSeconds : 0), index == 0 ? forwardSeconds : 0, head]
                 try times.withUnsafeBytes { try communicator.send($0, to: student, tag: chunkTag) }
-                try part.lastDevice.run {
-                    try communicator.send(UnsafeRawBufferPointer(start: logits.bytes, count: logits.byteCount), to: student, tag: chunkTag)
-                }
+                try communicator.send(logits, to: student, tag: chunkTag)
             }
         }
     }

@@ -308,11 +308,10 @@ public final class Trainer {
         for (micro, batch) in batches.enumerated() where batch.batchSize > 0 {
             for (name, adapter) in adapters {
                 // Replicas hold different rows, so each draws its own masks.
-                adapter.dropoutStream = communicator.size == 1
-                    ? RandomGenerator(seed: UInt64(config.run.seed), stream: RandomGenerator.hash("dropout"), UInt64(step),
-                                      UInt64(micro), RandomGenerator.hash(name))
-                    : RandomGenerator(seed: UInt64(config.run.seed), stream: RandomGenerator.hash("dropout"), UInt64(step),
-                                      UInt64(micro), RandomGenerator.hash(name), UInt64(communicator.rank))
+                let replica = communicator.size == 1 ? [] : [UInt64(communicator.rank)]
+                adapter.dropoutStream = RandomGenerator(
+                    seed: UInt64(config.run.seed),
+                    streams: [RandomGenerator.hash("dropout"), UInt64(step), UInt64(micro), RandomGenerator.hash(name)] + replica)
             }
             let stream = prefetched ?? pass.startTeacher(batch)
             prefetched = nil

@@ -6,8 +6,8 @@ import KDText
 /// The training loop around a `Trainer`: the output directory, metrics.jsonl, checkpoints on
 /// schedule, stopping on request, and the final model.
 ///
-/// In a job of several ranks (data-parallel replicas), rank 0 alone owns the output directory: it
-/// takes the lock, chooses the checkpoint to resume from (every rank reads that one; the directory
+/// In a job of several ranks, the writing rank (rank 0 of the replicas' student ranks) alone owns
+/// the output directory: it takes the lock, chooses the checkpoint to resume from (every rank reads that one; the directory
 /// must be on a file system all hosts see), writes metrics.jsonl, the checkpoints and the final
 /// model, and evaluates. A stop asked of any rank stops all of them after the same step.
 public final class TrainingRun {
@@ -29,10 +29,10 @@ public final class TrainingRun {
     public let evalDataset: Dataset?
     public let resumedFrom: String?
     let metricsPath: String
-    /// Held for the life of the run (and so of the process), by rank 0.
+    /// Held for the life of the run (and so of the process), by the writing rank.
     let lock: RunDirectoryLock?
     let communicator: Communicator
-    /// Whether this process writes the run's files (rank 0).
+    /// Whether this process writes the run's files (rank 0 of the replicas).
     var writes: Bool { communicator.rank == 0 }
     /// Called before clipping with each step's gradients (for checking against a reference).
     public var gradientSink: ((Int, [(name: String, tensor: Tensor)]) throws -> Void)?
@@ -45,7 +45,7 @@ public final class TrainingRun {
         outputDir = config.run.outputDir
         metricsPath = (outputDir as NSString).appendingPathComponent("metrics.jsonl")
         let from: String?
-        if communicator.rank == 0 {
+        if communicator.rank == 0 {  // `writes`, before self is whole
             lock = try RunDirectoryLock(directory: outputDir)
             for note in Self.removeLeftovers(in: outputDir) { onNote(note) }
             from = try Self.checkpointToResume(resume, outputDir: outputDir, metricsPath: metricsPath, onNote: onNote)
@@ -53,7 +53,7 @@ public final class TrainingRun {
             lock = nil
             from = nil
         }
-        // Rank 0's choice, on every rank ("" for none).
+        // The writing rank's choice, on every replica ("" for none).
         let chosen = String(decoding: try communicator.broadcast(Array((from ?? "").utf8), from: 0), as: UTF8.self)
         evalDataset = try config.data.eval.map { try config.loadDataset($0, key: "data.eval") }
         if let evalDataset { try config.checkVocabulary(evalDataset) }
@@ -138,15 +138,15 @@ public final class TrainingRun {
 
     /// Trains to `train.max_steps`. `onStep` gets every logged step; `stopRequested` is polled
     /// between steps and returns the signal that asked to stop.
-    /// In a job of several ranks, every rank runs this; `onStep` is called on rank 0.
+    /// In a job of several replicas, each runs this; `onStep` is called on the writing rank.
     public func run(onStep: (StepMetrics) -> Void, stopRequested: () -> Int32?) throws -> Outcome {
         let config = trainer.config
         let start = ContinuousClock.now
         let metricsFile = writes ? open(metricsPath, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o666) : -1
         guard metricsFile >= 0 || !writes else { throw writeError(metricsPath, errno: errno) }
         defer { if metricsFile >= 0 { close(metricsFile) } }
-        // A checkpoint on disk implies the metrics lines of its steps are on disk too. Other ranks
-        // wait until rank 0 has written it.
+        // A checkpoint on disk implies the metrics lines of its steps are on disk too. Other
+        // replicas wait until the writing rank has written it.
         let checkpoint = { [trainer, metricsPath, outputDir, writes, communicator] () throws -> String in
             if writes {
                 if fsync(metricsFile) != 0 { throw writeError(metricsPath, errno: errno) }
@@ -197,7 +197,7 @@ public final class TrainingRun {
     }
 
     /// Base vs distilled on `data.eval`, written to `<output_dir>/eval.json`; nil without eval data.
-    /// Rank 0 evaluates; other ranks return nil.
+    /// The writing rank evaluates; other replicas return nil.
     public func evaluate() throws -> (base: HeldOutReport, distilled: HeldOutReport)? {
         guard let evalDataset, writes else { return nil }
         let (base, distilled) = try Evaluation.baseAndAdapted(
