@@ -56,6 +56,9 @@ public enum FuzzSeeds {
             }
         case .trainerState:
             seeds = corpus("trainer-state")
+        case .hostfile:
+            seeds = ["node01 slots=4\nnode02 slots=2 max_slots=8  # a comment\n\n# a line of comment\nnode03\nnode01 slots=1\n",
+                     "localhost\n", "10.0.0.7 slots=1024\r\n10.0.0.8\tslots=16\n"].map { Array($0.utf8) }
         case .teacherCache:
             let directory = fixtures + ["train", "dense-teacher", "teacher-cache-k4"]
             seeds = [read(directory + ["manifest.json"]), read(directory + ["train-00001.safetensors"])].allSatisfy { $0 != nil }

@@ -17,6 +17,7 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
     case peft
     case trainerState = "trainer-state"
     case teacherCache = "teacher-cache"
+    case hostfile
 
     /// What a parser did with one input.
     public enum Outcome {
@@ -35,6 +36,7 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
             case .peft: try FuzzDrivers.peft(data)
             case .trainerState: try FuzzDrivers.trainerState(data)
             case .teacherCache: try FuzzDrivers.teacherCache(data)
+            case .hostfile: try FuzzDrivers.hostfile(data)
             }
             return .accepted
         } catch {
@@ -208,6 +210,13 @@ enum FuzzDrivers {
         for split in cache.manifest.splits.keys.sorted() {
             _ = try cache.rows(split: split, lines: cache.lines(of: split))
         }
+    }
+
+    /// An Open MPI hostfile (`kd plan --hostfile`), and where 1,000 ranks land on it.
+    static func hostfile(_ data: Data) throws {
+        let hosts = try Hostfile(path: FuzzEnvironment.write(data, to: "hostfile"))
+        _ = hosts.slots
+        _ = hosts.placement(ranks: 1000)
     }
 
     static func trainerState(_ data: Data) throws {

@@ -15,6 +15,7 @@ public struct Hostfile: Sendable {
         self.path = path
         let text = String(decoding: try InputFile.read(path, limit: 1 << 20), as: UTF8.self)
         var hosts: [(name: String, slots: Int)] = []
+        var position: [String: Int] = [:]
         for (index, rawLine) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
             let line = rawLine.split(separator: "#", maxSplits: 1, omittingEmptySubsequences: false).first ?? ""
             let words = line.split(whereSeparator: { $0 == " " || $0 == "\t" || $0 == "\r" })
@@ -26,9 +27,10 @@ public struct Hostfile: Sendable {
                 }
                 slots = value
             }
-            if let existing = hosts.firstIndex(where: { $0.name == String(name) }) {
+            if let existing = position[String(name)] {
                 hosts[existing].slots = min(Self.maximumSlots, hosts[existing].slots + slots)
             } else {
+                position[String(name)] = hosts.count
                 hosts.append((String(name), slots))
             }
         }
@@ -38,10 +40,14 @@ public struct Hostfile: Sendable {
 
     public var slots: Int { hosts.reduce(0) { $0 + $1.slots } }
 
-    /// The host index of each of `ranks` ranks.
+    /// The host index of each of `ranks` ranks (work and memory in the ranks, not the slots).
     public func placement(ranks: Int) -> [Int] {
-        var order: [Int] = []
-        for (index, host) in hosts.enumerated() { order.append(contentsOf: repeatElement(index, count: host.slots)) }
-        return (0..<ranks).map { $0 < order.count ? order[$0] : ($0 - order.count) % hosts.count }
+        var out: [Int] = []
+        out.reserveCapacity(ranks)
+        for (index, host) in hosts.enumerated() where out.count < ranks {
+            out.append(contentsOf: repeatElement(index, count: min(host.slots, ranks - out.count)))
+        }
+        for extra in 0..<(ranks - out.count) { out.append(extra % hosts.count) }
+        return out
     }
 }

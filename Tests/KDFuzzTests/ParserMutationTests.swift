@@ -11,7 +11,7 @@ import KDFuzzSupport
 /// Mutants per target (`mutants`) and their time in a release build on 2 shared cores: safetensors
 /// 3000 in ~1.4 s, config 3000 in ~0.5 s, run-yaml 3000 in ~1.7 s (Yams), jsonl 2000 in ~2 s plus
 /// ~1 s to load the Qwen3 tokenizer once (each mutant also builds two datasets), tokenizer 3000 in
-/// ~3 s, peft 3000 in ~4 s, trainer-state 3000 in ~0.5 s. Before the parsers were hardened,
+/// ~3 s, peft 3000 in ~4 s, trainer-state 3000 in ~0.5 s, hostfile 3000 in ~0.6 s. Before the parsers were hardened,
 /// safetensors, config, tokenizer and peft trapped here (a header length >= 2^63, a
 /// num_hidden_layers of 2^32 or Int.max, vocabulary ids of 2^32-1 or Int.max). The mutator's
 /// large inserts stop at 4 KiB so a mutant parses in milliseconds. Scripts/fuzz.sh runs the
@@ -39,7 +39,7 @@ import KDFuzzSupport
     }
 
     /// Every target: the safetensors header, model config.json, run YAML with overrides, JSONL
-    /// records and datasets, tokenizer.json, PEFT adapters and trainer_state.json.
+    /// records and datasets, tokenizer.json, PEFT adapters, trainer_state.json and Open MPI hostfiles.
     @Test(arguments: FuzzTarget.allCases)
     func mutantsReturnOrThrow(_ target: FuzzTarget) {
         if target == .jsonl { #expect(FuzzEnvironment.qwen3 != nil, "the Qwen3 tokenizer in Configs/tokenizer/qwen3 loads") }

@@ -21,6 +21,19 @@ import KDCore
         #expect(hosts.placement(ranks: 9) == [0, 0, 0, 1, 1, 1, 2, 0, 1])
     }
 
+    /// Placing ranks costs the ranks, not the slots, and naming a host again costs no search: two
+    /// thousand hosts of 2^20 slots each, and 100,000 lines naming 10 hosts.
+    @Test func largeHostfilesArePlacedByTheRanks() throws {
+        let big = Self.write((0..<2000).map { "node\($0) slots=\(Hostfile.maximumSlots)\n" }.joined())
+        let repeated = Self.write((0..<100_000).map { "node\($0 % 10)\n" }.joined())
+        defer { for path in [big, repeated] { try? FileManager.default.removeItem(atPath: path) } }
+        let hosts = try Hostfile(path: big)
+        #expect(hosts.slots == 2000 * Hostfile.maximumSlots)
+        #expect(hosts.placement(ranks: 3) == [0, 0, 0])
+        let named = try Hostfile(path: repeated)
+        #expect(named.hosts.count == 10 && named.hosts.allSatisfy { $0.slots == 10_000 })
+    }
+
     @Test(arguments: ["node01 slots=0\n", "node01 slots=x\n", "# nothing\n\n", "node01 slots=99999999999999999999\n"])
     func badHostfilesAreOneLineErrors(text: String) throws {
         let path = Self.write(text)
