@@ -2,16 +2,36 @@ import Foundation
 import KDCore
 import Synchronization
 
+/// The first stages of a model when they run in other processes (the ranks of an MPI job) and
+/// this process holds the rest: what `CausalLM` asks of them. Their kernels are the in-process
+/// stages', so the model gives the same bits wherever its stages run.
+public protocol RemoteStages: AnyObject {
+    /// How many of the placement's stages, from the first, run elsewhere.
+    var stageCount: Int { get }
+    /// Whether their adapters are set aside (the base model), as `withAdaptersDetached` asks.
+    var adaptersDetached: Bool { get set }
+    /// Their output for `batch` [tokens, hidden], received onto `device`. A training forward
+    /// keeps what their backward needs.
+    func forward(_ batch: TokenBatch, training: Bool, onto device: Device) throws -> Tensor
+    /// Backward from d(their output) [tokens, hidden]: their adapters' gradients accumulate where
+    /// they are.
+    func backward(_ dOutput: Tensor) throws
+}
+
 /// A decoder-only language model placed on a device group: the embedding on the first device,
 /// contiguous stages of decoder layers, the final norm and lm_head on the last device.
-/// Activations cross from stage to stage with `Tensor.to(_:)`.
-public final class CausalLM {
+/// Activations cross from stage to stage with `Tensor.to(_:)`. With `upstream`, the first stages
+/// run in other processes and this one holds the rest (the head among them).
+public final class CausalLM: AdaptedModel {
     public let spec: ModelSpec
     public let group: DeviceGroup
     public let placement: Placement
+    /// The stages before this process's, when they run elsewhere.
+    public let upstream: (any RemoteStages)?
     /// The embedding [vocab, hidden] on the first device; nil when it is tied to the output
-    /// projection on the same device (token rows are then read from `lmHead`).
+    /// projection on the same device (token rows are then read from `lmHead`), or held upstream.
     public let embedding: Tensor?
+    /// The decoder layers held here, in order (all of them without `upstream`).
     public let layers: [DecoderLayer]
     public let finalNorm: Tensor
     /// The output projection [vocab, hidden] on the last device, held as the checkpoint stores it
@@ -21,11 +41,12 @@ public final class CausalLM {
     public var movedBytes: Int { moved.load(ordering: .relaxed) }
     private let moved = Atomic<Int>(0)
 
-    init(spec: ModelSpec, group: DeviceGroup, placement: Placement, embedding: Tensor?, layers: [DecoderLayer],
-         finalNorm: Tensor, lmHead: Tensor) {
+    init(spec: ModelSpec, group: DeviceGroup, placement: Placement, upstream: (any RemoteStages)? = nil, embedding: Tensor?,
+         layers: [DecoderLayer], finalNorm: Tensor, lmHead: Tensor) {
         self.spec = spec
         self.group = group
         self.placement = placement
+        self.upstream = upstream
         self.embedding = embedding
         self.layers = layers
         self.finalNorm = finalNorm
@@ -34,15 +55,26 @@ public final class CausalLM {
 
     /// Places the checkpoint on `group` and loads each stage's weights onto its device, held as
     /// `dtype` says. The plan is checked against every device's budget before any weight is read.
-    public static func load(_ checkpoint: Checkpoint, on group: DeviceGroup, dtype: WeightDType = .auto) throws -> CausalLM {
+    /// With `upstream`, the stages it runs are not loaded here.
+    public static func load(_ checkpoint: Checkpoint, on group: DeviceGroup, dtype: WeightDType = .auto,
+                            after upstream: (any RemoteStages)? = nil) throws -> CausalLM {
         try checkpoint.validate()
         let spec = checkpoint.spec
         let placement = Placement(spec: spec, deviceCount: group.count, elementSize: checkpoint.heldElementSize(dtype))
         try placement.checkCapacity(of: group)
-        let held = try loadStages(placement.stages, from: checkpoint, on: group, dtype: dtype)
-        return CausalLM(spec: spec, group: group, placement: placement, embedding: held.embedding, layers: held.layers,
-                        finalNorm: held.finalNorm!, lmHead: held.head!)
+        let remote = upstream?.stageCount ?? 0
+        guard remote < placement.stages.count else {
+            throw KDError("the model's last stage, with its output projection, must be held here")
+        }
+        let held = try loadStages(Array(placement.stages[remote...]), from: checkpoint, on: group, dtype: dtype)
+        return CausalLM(spec: spec, group: group, placement: placement, upstream: upstream, embedding: held.embedding,
+                        layers: held.layers, finalNorm: held.finalNorm!, lmHead: held.head!)
     }
+
+    /// The stages held in this process.
+    var localStages: ArraySlice<Placement.Stage> { placement.stages[(upstream?.stageCount ?? 0)...] }
+    /// The index of the first decoder layer held here.
+    var firstLayer: Int { localStages.first { !$0.layers.isEmpty }?.layers.lowerBound ?? spec.numLayers }
 
     /// The weights of `stages` (consecutive, in order), each loaded onto its device of `group`.
     static func loadStages(_ stages: [Placement.Stage], from checkpoint: Checkpoint, on group: DeviceGroup, dtype: WeightDType)
@@ -101,7 +133,8 @@ public final class CausalLM {
             eps: spec.rmsNormEps)
     }
 
-    public var firstDevice: Device { group.devices[placement.stages[0].deviceIndex] }
+    /// The device of the first stage held here.
+    public var firstDevice: Device { group.devices[localStages.first!.deviceIndex] }
     public var lastDevice: Device { lmHead.device }
 
     /// Every linear layer, in layer order (where LoRA adapters attach).
@@ -146,7 +179,9 @@ public final class CausalLM {
         try checkTokens(batch)
         let context = ForwardContext(batch: batch, headDim: spec.headDim, ropeTheta: spec.ropeTheta)
         let input = try timed("forward") {
-            try throughLayers(embed(batch.inputIDs.map(Int.init))) { layer, x in
+            let start = try upstream.map { try $0.forward(batch, training: training, onto: firstDevice) }
+                ?? embed(batch.inputIDs.map(Int.init))
+            return try throughLayers(start) { layer, x in
                 try layer.forward(x, context: context, training: training)
             }
         }
@@ -189,24 +224,25 @@ public final class CausalLM {
         return try x.to(device)
     }
 
-    /// Runs `layer(x)` for every decoder layer, stage by stage on each stage's device thread,
-    /// moving the activations across with `to()`; returns them on the last device.
+    /// Runs `layer(x)` for every decoder layer held here, stage by stage on each stage's device
+    /// thread, moving the activations across with `to()`; returns them on the last device.
     func throughLayers(_ input: Tensor, _ layer: @escaping (DecoderLayer, Tensor) throws -> Void) throws -> Tensor {
         var x = input
-        for stage in placement.stages where !stage.layers.isEmpty {
+        let first = firstLayer
+        for stage in localStages where !stage.layers.isEmpty {
             let device = group.devices[stage.deviceIndex]
             x = try move(x, to: device)
             let current = x
             try device.run { [self] in
-                for index in stage.layers { try layer(layers[index], current) }
+                for index in stage.layers { try layer(layers[index - first], current) }
             }
         }
         return try move(x, to: lastDevice)
     }
 
     /// Backward from d(final hidden states) [rows, hidden] on the last device through every
-    /// layer, stage by stage in reverse (a checkpointed layer recomputes its forward first); the
-    /// adapters' gradients accumulate.
+    /// layer, stage by stage in reverse (a checkpointed layer recomputes its forward first), and
+    /// on to `upstream`; the adapters' gradients accumulate.
     public func backward(_ dHidden: Tensor) throws {
         guard let state = trainingState else { throw KDError("backward without a training forward pass") }
         trainingState = nil
@@ -218,17 +254,20 @@ public final class CausalLM {
                                     accumulate: false)
             return dx
         }
-        for stage in placement.stages.reversed() where !stage.layers.isEmpty {
+        let first = firstLayer
+        for stage in localStages.reversed() where !stage.layers.isEmpty {
             let device = group.devices[stage.deviceIndex]
             dx = try move(dx, to: device)
             let gradient = dx
             try device.run { [self] in
-                for layer in layers[stage.layers].reversed() {
+                for layer in layers[(stage.layers.lowerBound - first)..<(stage.layers.upperBound - first)].reversed() {
                     try timed("recompute") { try layer.recompute(context: state.context) }
                     try timed("backward") { try layer.backward(gradient, context: state.context, inputGradient: layer.index > 0) }
                 }
             }
         }
+        // dx is now d(the input of the first layer held here), the stages upstream's output.
+        if let upstream { try upstream.backward(try move(dx, to: firstDevice)) }
     }
 
     /// Logits [rows, vocab] for the given rows of final hidden states, on the last device.

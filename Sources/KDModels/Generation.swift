@@ -40,6 +40,7 @@ extension CausalLM {
     /// whole prompt; a decoding step is one token for every active row, run as one batch through
     /// the projections (a single row goes through sgemv).
     public func extend(_ extensions: [Extension], cache: KVCache) throws -> Tensor {
+        guard upstream == nil else { throw KDError("incremental decoding needs every stage of the model in this process") }
         let hidden = spec.hiddenSize
         var tokens: [Int] = [], positions: [Int] = [], spans: [(row: Int, start: Int, count: Int, past: Int)] = []
         for e in extensions {

@@ -3,10 +3,11 @@ import KDCore
 
 /// The consecutive stages of a model that one process holds when the model is split over the
 /// ranks of an MPI job: the embedding with the first stage, its decoder layers, and the final norm
-/// and output projection with the last. Forward only (a teacher). The model is placed over all of
-/// its devices as `CausalLM.load` places it, and the part's weights, kernels and their order are
-/// `CausalLM`'s, so a model split into parts gives the whole model's bits.
-public final class ModelPart {
+/// and output projection with the last. A teacher's parts run forward; a student's parts before
+/// its last also train (`forward(training:)`, `backward`), with adapters on their linears. The
+/// model is placed over all of its devices as `CausalLM.load` places it, and the part's weights,
+/// kernels and their order are `CausalLM`'s, so a model split into parts gives the whole model's bits.
+public final class ModelPart: AdaptedModel {
     public let spec: ModelSpec
     public let group: DeviceGroup
     /// The stages held here, in order.
@@ -20,6 +21,16 @@ public final class ModelPart {
     public var holdsLast: Bool { stages[stages.count - 1].holdsHead }
     public var firstDevice: Device { group.devices[stages[0].deviceIndex] }
     public var lastDevice: Device { group.devices[stages[stages.count - 1].deviceIndex] }
+    public var linears: [Linear] { layers.flatMap(\.linears) }
+
+    /// As `CausalLM.activationCheckpointing`: a training forward keeps each layer's input only,
+    /// and `backward` recomputes the layer first.
+    public var activationCheckpointing = false {
+        didSet { for layer in layers { layer.keep = activationCheckpointing ? .input : .all } }
+    }
+
+    /// The context of the last training forward, for `backward`.
+    private var trainingContext: ForwardContext?
 
     /// Loads the stages placed on the devices at `held` (indices into `group`, which lists all of
     /// the model's devices); they must be consecutive stages. Only their weights are read.
@@ -52,8 +63,9 @@ public final class ModelPart {
 
     /// The part's output for `batch` [tokens, hidden]: from the token ids (the first part) or
     /// `input`, the stages before's output, through its layers; the last part returns the
-    /// final-normed hidden states on its last device, the others their layers' output.
-    public func forward(_ batch: TokenBatch, input: Tensor?) throws -> Tensor {
+    /// final-normed hidden states on its last device, the others their layers' output. With
+    /// `training` (not for the last part), dropout is on and the layers keep what `backward` needs.
+    public func forward(_ batch: TokenBatch, input: Tensor?, training: Bool = false) throws -> Tensor {
         let context = ForwardContext(batch: batch, headDim: spec.headDim, ropeTheta: spec.ropeTheta)
         var x: Tensor
         if holdsFirst {
@@ -70,12 +82,39 @@ public final class ModelPart {
             x = try x.to(device)
             let current = x, first = offset
             try device.run { [layers] in
-                for i in 0..<stage.layers.count { try layers[first + i].forward(current, context: context) }
+                for i in 0..<stage.layers.count { try layers[first + i].forward(current, context: context, training: training) }
             }
             offset += stage.layers.count
         }
+        trainingContext = training ? context : nil
         guard holdsLast, let finalNorm else { return x }
         return try CausalLM.finalNorm(try x.to(lastDevice), weight: finalNorm, spec: spec).normed
+    }
+
+    /// Backward from d(the part's output) [tokens, hidden] through its layers in reverse, as
+    /// `CausalLM.backward` runs them (a checkpointed layer recomputes first); the adapters'
+    /// gradients accumulate. Returns d(its input) on its first device, or nil for the first part
+    /// (the embedding does not train).
+    public func backward(_ dOutput: Tensor) throws -> Tensor? {
+        guard let context = trainingContext, !holdsLast else {
+            throw KDError("model part backward without a training forward pass")
+        }
+        trainingContext = nil
+        var dx = dOutput
+        var end = layers.count
+        for stage in stages.reversed() where !stage.layers.isEmpty {
+            let device = group.devices[stage.deviceIndex]
+            dx = try dx.to(device)
+            let gradient = dx, first = end - stage.layers.count
+            try device.run { [layers] in
+                for layer in layers[first..<end].reversed() {
+                    try layer.recompute(context: context)
+                    try layer.backward(gradient, context: context, inputGradient: layer.index > 0)
+                }
+            }
+            end = first
+        }
+        return holdsFirst ? nil : try dx.to(firstDevice)
     }
 
     /// logits [rows, vocab] = hidden rows · Wᵀ through the output projection (the last part).

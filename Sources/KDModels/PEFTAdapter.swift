@@ -75,7 +75,9 @@ public enum PEFTAdapter {
 
     /// The adapter in `directory` as (A, B) per targeted linear of a model with `spec`, every
     /// tensor checked: present, of the right shape, nothing unexpected.
-    public static func tensors(directory: String, spec: ModelSpec, on device: (String) -> Device)
+    /// Only the linears `device` gives a device for are loaded (a model part's); the others are
+    /// checked all the same.
+    public static func tensors(directory: String, spec: ModelSpec, on device: (String) -> Device?)
         throws -> (settings: LoRASettings, matrices: [String: (a: Tensor, b: Tensor)]) {
         let settings = try settings(directory: directory)
         let file = try SafetensorsFile(path: (directory as NSString).appendingPathComponent(weightsName))
@@ -87,20 +89,20 @@ public enum PEFTAdapter {
                 guard settings.targets(linear) else { continue }
                 let (out, inFeatures) = (tensor.shape[0], tensor.shape[1])
                 var pair: [Tensor] = []
+                let target = device(linear)
                 for (matrix, shape) in [("A", [settings.r, inFeatures]), ("B", [out, settings.r])] {
                     let name = key(linear, matrix)
                     guard let info = file.tensors[name] else { throw KDError("\(file.path): missing tensor \(quoted(name))") }
                     guard info.shape == shape else {
                         throw KDError("\(file.path): tensor '\(name)' has shape \(info.shape), the model implies \(shape)")
                     }
-                    let target = device(linear)
-                    pair.append(try target.run { try file.load(name, on: target).clone() })
+                    if let target { pair.append(try target.run { try file.load(name, on: target).clone() }) }
                     used.insert(name)
                 }
-                matrices[linear] = (pair[0], pair[1])
+                if pair.count == 2 { matrices[linear] = (pair[0], pair[1]) }
             }
         }
-        guard !matrices.isEmpty else {
+        guard !used.isEmpty else {
             throw KDError("\(directory): the adapter targets \(settings.targetModules) but the model has no such linear layers")
         }
         if let extra = file.tensors.keys.sorted().first(where: { !used.contains($0) }) {
@@ -111,9 +113,9 @@ public enum PEFTAdapter {
 
     /// Attaches the adapter in `directory` to `model`'s targeted linears.
     @discardableResult
-    public static func attach(directory: String, to model: CausalLM, dropout: Float? = nil) throws -> LoRASettings {
+    public static func attach(directory: String, to model: some AdaptedModel, dropout: Float? = nil) throws -> LoRASettings {
         let devices = Dictionary(uniqueKeysWithValues: model.linears.map { ($0.name, $0.device) })
-        let (settings, matrices) = try tensors(directory: directory, spec: model.spec) { devices[$0]! }
+        let (settings, matrices) = try tensors(directory: directory, spec: model.spec) { devices[$0] }
         for linear in model.linears {
             guard let (a, b) = matrices[linear.name] else { continue }
             linear.adapter = LoRAAdapter(a: a, b: b, scale: settings.scale, dropout: dropout ?? Float(settings.dropout))
@@ -124,7 +126,7 @@ public enum PEFTAdapter {
     /// Fresh adapters on every targeted linear: A kaiming-uniform (a = √5, so U(±1/√in)) or
     /// N(0, 1/r) for gaussian, B zero; each linear's values come from its own seeded stream.
     /// PiSSA takes A and B from the weight's principal singular directions instead.
-    public static func attachFresh(to model: CausalLM, settings: LoRASettings, seed: UInt64) throws {
+    public static func attachFresh(to model: some AdaptedModel, settings: LoRASettings, seed: UInt64) throws {
         if settings.initMethod == .pissa { return try attachPiSSA(to: model, settings: settings) }
         for linear in model.linears where settings.targets(linear.name) {
             let a = try Tensor(uninitializedShape: [settings.r, linear.inFeatures], on: linear.device)
@@ -146,7 +148,7 @@ public enum PEFTAdapter {
     /// PiSSA, as PEFT's init_lora_weights="pissa": with the thin SVD W = U·S·Vt and scale s,
     /// A₀ = diag(√(S_r/s))·Vt_r and B₀ = U_r·diag(√(S_r/s)), so s·B₀·A₀ is W's best rank-r part;
     /// the frozen weight becomes the residual W − s·B₀·A₀.
-    static func attachPiSSA(to model: CausalLM, settings: LoRASettings) throws {
+    static func attachPiSSA(to model: some AdaptedModel, settings: LoRASettings) throws {
         for linear in model.linears where settings.targets(linear.name) {
             let (out, inFeatures, r) = (linear.outFeatures, linear.inFeatures, settings.r)
             guard r <= min(out, inFeatures) else {
@@ -181,7 +183,7 @@ public enum PEFTAdapter {
 
     /// Reattaches a PiSSA run's adapters from a saved (converted) adapter: A' = [A; A₀] and
     /// B' = [B, −B₀]; the weights are the loaded originals, so the residual is recomputed exactly.
-    public static func attachPiSSA(savedIn directory: String, to model: CausalLM, settings: LoRASettings) throws {
+    public static func attachPiSSA(savedIn directory: String, to model: some AdaptedModel, settings: LoRASettings) throws {
         let file = try SafetensorsFile(path: (directory as NSString).appendingPathComponent(weightsName))
         let r = settings.r
         for linear in model.linears where settings.targets(linear.name) {
@@ -211,25 +213,30 @@ public enum PEFTAdapter {
     /// PiSSA adapter is written as the plain LoRA that gives the same model on the original
     /// weights, as PEFT converts it: A' = [A; A₀], B' = [B, −B₀], rank and alpha doubled (alpha
     /// times √2 with rank-stabilised scaling), so s' = s.
-    public static func save(_ model: CausalLM, settings: LoRASettings, baseModel: String, to directory: String) throws {
+    public static func save(_ model: some AdaptedModel, settings: LoRASettings, baseModel: String, to directory: String) throws {
+        try save(model.namedAdapters, settings: settings, baseModel: baseModel, to: directory)
+    }
+
+    /// Writes `adapters` (in the order given) as `save(_:settings:baseModel:to:)` does a model's.
+    public static func save(_ adapters: [NamedAdapter], settings: LoRASettings, baseModel: String, to directory: String) throws {
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        let linears = model.linears.filter { $0.adapter != nil }
-        let converted = linears.contains { $0.adapter!.initial != nil }
+        let converted = adapters.contains { $0.adapter.initial != nil }
         let rank = converted ? 2 * settings.r : settings.r
         var entries: [SafetensorsWriter.Entry] = []
-        for linear in linears {
-            entries.append(.init(name: key(linear.name, "A"), dtype: .f32, shape: [rank, linear.inFeatures]))
-            entries.append(.init(name: key(linear.name, "B"), dtype: .f32, shape: [linear.outFeatures, rank]))
+        for linear in adapters {
+            entries.append(.init(name: key(linear.name, "A"), dtype: .f32, shape: [rank, linear.adapter.inFeatures]))
+            entries.append(.init(name: key(linear.name, "B"), dtype: .f32, shape: [linear.adapter.outFeatures, rank]))
         }
         let writer = try SafetensorsWriter(path: (directory as NSString).appendingPathComponent(weightsName), entries: entries)
         do {
-            for linear in linears {
-                let adapter = linear.adapter!
+            for linear in adapters {
+                let adapter = linear.adapter
                 try writer.write(adapter.a)
                 if let (a0, _) = adapter.initial { try writer.write(a0) }
                 if let (_, b0) = adapter.initial {
-                    var rows = [Float](repeating: 0, count: linear.outFeatures * rank)
-                    for o in 0..<linear.outFeatures {
+                    let outFeatures = adapter.outFeatures
+                    var rows = [Float](repeating: 0, count: outFeatures * rank)
+                    for o in 0..<outFeatures {
                         for i in 0..<settings.r {
                             rows[o * rank + i] = adapter.b.data[o * settings.r + i]
                             rows[o * rank + settings.r + i] = -b0.data[o * settings.r + i]
@@ -257,12 +264,44 @@ public enum PEFTAdapter {
     }
 }
 
-extension CausalLM {
-    /// Runs `body` with every adapter detached (the base model), then puts them back.
-    public func withAdaptersDetached<T>(_ body: () throws -> T) rethrows -> T {
+/// A model, or the part of one that a process holds, whose linear layers adapters attach to.
+public protocol AdaptedModel: AnyObject {
+    var spec: ModelSpec { get }
+    /// Every linear layer held, in layer order (where adapters attach).
+    var linears: [Linear] { get }
+}
+
+/// A linear layer's adapter under the linear's checkpoint name (`model.layers.0.self_attn.q_proj`).
+public struct NamedAdapter {
+    public let name: String
+    public let adapter: LoRAAdapter
+
+    public init(name: String, adapter: LoRAAdapter) {
+        self.name = name
+        self.adapter = adapter
+    }
+}
+
+extension AdaptedModel {
+    /// The adapters held, in layer order.
+    public var namedAdapters: [NamedAdapter] {
+        linears.compactMap { linear in linear.adapter.map { NamedAdapter(name: linear.name, adapter: $0) } }
+    }
+
+    /// Runs `body` with every adapter held detached, then puts them back.
+    public func withLocalAdaptersDetached<T>(_ body: () throws -> T) rethrows -> T {
         let saved = linears.map(\.adapter)
         for linear in linears { linear.adapter = nil }
         defer { for (linear, adapter) in zip(linears, saved) { linear.adapter = adapter } }
         return try body()
+    }
+}
+
+extension CausalLM {
+    /// Runs `body` with every adapter detached (the base model), upstream's too, then puts them back.
+    public func withAdaptersDetached<T>(_ body: () throws -> T) rethrows -> T {
+        upstream?.adaptersDetached = true
+        defer { upstream?.adaptersDetached = false }
+        return try withLocalAdaptersDetached(body)
     }
 }

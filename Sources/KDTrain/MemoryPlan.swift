@@ -91,6 +91,15 @@ public struct MemoryPlan: Sendable {
 
     public var fits: Bool { devices.allSatisfy(\.fits) }
 
+    /// Fails when one of the devices `ids`, which hold part of `model` ("teacher", "student") on
+    /// this rank, does not fit its budget.
+    public func requireFit(devices ids: Set<Int>, model: String) throws {
+        if let over = devices.first(where: { !$0.fits && ids.contains($0.id) }) {
+            throw KDError("the \(model) does not fit device \(over.id): it needs \(formatBytes(over.totalBytes)) of "
+                + "\(formatBytes(over.capacityBytes ?? 0)) (see kd plan)")
+        }
+    }
+
     /// Reads `config.json` from a model directory (or the path itself when it names the file).
     public static func spec(at path: String) throws -> ModelSpec {
         var isDirectory: ObjCBool = false
@@ -243,10 +252,22 @@ public struct MemoryPlan: Sendable {
         // without it every replica is one rank).
         let local = config.devices.ranks ?? [Int](repeating: 0, count: config.deviceCount)
         let perReplica = (local.max() ?? 0) + 1
-        let studentRank = local[config.student.devices[0]]
+        let studentBlocks = RankLayout.blocks(config.student.devices, deviceRanks: local)
+        let studentRank = studentBlocks.last!
+        let studentParts = Array(studentBlocks.dropLast())
         let teacherRanks = RankLayout.teacherRanks(config, deviceRanks: local, studentRank: studentRank)
-        let replicaSums = replicas == 1 ? 0 : Communicator.bytesSentBySumInRankOrder(count: student.loraParameters, ranks: replicas)
-            + Trainer.exchangedNumbersPerStep * 8 * (replicas - 1)
+        // The student's adapters a rank holds (its stages').
+        let studentPlan = student, replicaCount = replicas
+        let adapters = { (rank: Int) -> [LoRAShapes.Adapter] in
+            studentPlan.placement.stages.filter { local[config.student.devices[$0.deviceIndex]] == rank }
+                .flatMap { stage in stage.layers.flatMap { LoRAShapes.adapters(spec: studentPlan.spec, layer: $0, lora: config.lora) } }
+        }
+        let replicaSums = { (adapters: [LoRAShapes.Adapter]) -> Int in
+            replicaCount == 1 ? 0
+                : Communicator.bytesSentBySumInRankOrder(count: adapters.reduce(0) { $0 + $1.parameters }, ranks: replicaCount)
+        }
+        let studentSums = replicaSums(adapters(studentRank))
+            + (replicas == 1 ? 0 : Trainer.exchangedNumbersPerStep * 8 * (replicas - 1))
         // Teacher ranks get each micro-batch's tokens and scored rows; each part sends the next its
         // output (every position's hidden state), and the last the logits of every scored
         // position (at most every position), chunk by chunk.
@@ -260,9 +281,19 @@ public struct MemoryPlan: Sendable {
             for rank in 0..<perReplica {
                 let ids = usage.map(\.id).filter { local[$0] == rank }
                 let bytes = ids.reduce(0.0) { $0 + Double(usage[$1].totalBytes) }
-                var sent = rank == studentRank ? Double(replicaSums) : 0
+                var sent = rank == studentRank ? Double(studentSums) : 0
                 if teacherRanks != [studentRank] {
                     sent += rank == studentRank ? requests : rank == teacherRanks.last ? logits : teacherRanks.contains(rank) ? hiddenStates : 0
+                }
+                // The student's first stages on ranks of their own: requests, activations and
+                // their gradients, the parts' sums (and their replicas' sums of their gradients).
+                let position = studentParts.firstIndex(of: rank)
+                if !studentParts.isEmpty && (rank == studentRank || position != nil) {
+                    let held = adapters(rank)
+                    sent += StudentStages.bytesPerStep(microBatches: config.train.gradAccumSteps, tokens: tokens,
+                                                       hidden: student.spec.hiddenSize, parts: studentParts.count, position: position,
+                                                       slots: 2 * held.count)
+                    if position != nil { sent += Double(replicaSums(held)) }
                 }
                 all.append(RankUsage(rank: replica * perReplica + rank, devices: ids, bytes: MemoryPlan.bytes(bytes),
                                      sentBytesPerStep: MemoryPlan.bytes(sent)))

@@ -40,6 +40,13 @@ public final class AdamW {
         public let exponentialAverageSquare: Tensor
     }
 
+    /// A parameter's moments, by its name (`<linear>.lora_A`).
+    public struct Moments {
+        public let name: String
+        public let average: Tensor
+        public let averageSquare: Tensor
+    }
+
     public let hyper: Hyperparameters
     public private(set) var slots: [Slot] = []
     /// Completed optimizer steps (torch's `state["step"]`).
@@ -56,15 +63,29 @@ public final class AdamW {
     }
 
     /// ‖g‖₂ over every gradient (torch's clip_grad_norm_ total), accumulated in f64.
-    public func gradientNorm() -> Double {
-        var total = 0.0
-        for slot in slots {
+    public func gradientNorm() -> Double { Self.norm(squareSums: gradientSquareSums()) }
+
+    /// Σ g² of each slot's gradient, in slot order, accumulated in f64.
+    public func gradientSquareSums() -> [Double] {
+        slots.map { slot in
             let g = slot.gradient()
             var sum = 0.0
             for i in 0..<g.count { sum += Double(g.data[i]) * Double(g.data[i]) }
-            total += sum
+            return sum
         }
+    }
+
+    /// ‖g‖₂ from slots' Σ g² added in the order given: a model whose slots live in several
+    /// processes gives the one process's bits when their sums come together in slot order.
+    public static func norm(squareSums: [Double]) -> Double {
+        var total = 0.0
+        for sum in squareSums { total += sum }
         return total.squareRoot()
+    }
+
+    /// Each slot's moments under its parameter's name (the checkpoint's optimizer file).
+    public var moments: [Moments] {
+        slots.map { Moments(name: $0.name, average: $0.exponentialAverage, averageSquare: $0.exponentialAverageSquare) }
     }
 
     /// Scales every gradient by min(1, maxNorm/(norm + 1e-6)), as clip_grad_norm_ does.

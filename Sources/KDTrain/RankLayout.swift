@@ -1,14 +1,18 @@
 import Foundation
 import KDCore
+import KDModels
 
 /// Where a run's models live in its MPI job.
 ///
 /// The job is `run.data_parallel` replicas of `ranksPerReplica` consecutive ranks each. Within a
 /// replica, `devices.ranks` gives each device's rank (by default every device on one rank, or
-/// device i on rank i when the job has data_parallel × devices.count ranks). The student is on one
-/// rank of its replica. The teacher may share it, or be on other ranks, then in consecutive parts
-/// of its stages (its devices in order, one block of them a rank), which serve the student's rank
-/// its logits (`RemoteTeacher`). Alone, kd is the one rank of one replica.
+/// device i on rank i when the job has data_parallel × devices.count ranks). Each model's stages
+/// follow its devices in order, one block of consecutive stages a rank. The student's last block
+/// (its output projection and the loss) is on the student's rank, which drives the replica; its
+/// blocks before run on ranks of their own (`StudentStages`), passing activations forward and
+/// gradients back. The teacher may share the student's rank, or be on ranks of its own, whose
+/// last part serves the student's rank its logits (`RemoteTeacher`). Alone, kd is the one rank of
+/// one replica.
 public struct RankLayout {
     public let world: Communicator
     public let ranksPerReplica: Int
@@ -18,24 +22,35 @@ public struct RankLayout {
     /// World ranks of this replica's teacher parts (in stage order) and of its student.
     public let teacherRanks: [Int]
     public let studentRank: Int
-    /// The replicas' student ranks, on a student rank (for the data-parallel sums); nil on a rank
-    /// that holds only a teacher.
+    /// World ranks of this replica's student stages before the student's rank, in stage order.
+    public let studentPartRanks: [Int]
+    /// The ranks that hold the same piece of the run in every replica, on a rank holding (part of)
+    /// the student: the replicas' student ranks for the data-parallel sums, or a student part's
+    /// counterparts, which sum their stages' gradients the same way. Nil on a teacher's rank.
     public let replicas: Communicator?
 
     public var holdsStudent: Bool { world.rank == studentRank }
+    /// Whether this rank runs student stages for the student's rank.
+    public var holdsStudentPart: Bool { studentPartRanks.contains(world.rank) }
     /// Whether this rank runs (part of) the teacher: beside its student, or for a student on another rank.
     public var holdsTeacher: Bool { teacherRanks.contains(world.rank) }
     public var teacherElsewhere: Bool { teacherRanks != [studentRank] }
     /// Whether this rank writes the run's files and prints (replica 0's student).
     public var writes: Bool { holdsStudent && replica == 0 }
 
-    /// The ranks (within a replica) of the teacher's parts in stage order: its devices in order, one
-    /// block of them a rank; the student's rank when a cache stands in for the teacher.
+    /// The ranks (within a replica) of a model's parts in stage order: its devices in order, one
+    /// block of them a rank.
+    static func blocks(_ devices: [Int], deviceRanks: [Int]) -> [Int] {
+        var ranks: [Int] = []
+        for rank in devices.map({ deviceRanks[$0] }) where ranks.last != rank { ranks.append(rank) }
+        return ranks
+    }
+
+    /// The ranks (within a replica) of the teacher's parts in stage order; the student's rank when
+    /// a cache stands in for the teacher.
     static func teacherRanks(_ config: RunConfig, deviceRanks: [Int], studentRank: Int) -> [Int] {
         if config.data.teacherCache != nil { return [studentRank] }
-        var ranks: [Int] = []
-        for rank in config.teacher.devices.map({ deviceRanks[$0] }) where ranks.last != rank { ranks.append(rank) }
-        return ranks
+        return blocks(config.teacher.devices, deviceRanks: deviceRanks)
     }
 
     public init(config: RunConfig, world: Communicator = .world) throws {
@@ -57,21 +72,27 @@ public struct RankLayout {
             throw KDError("kd runs as \(world.size) MPI ranks but the run needs run.data_parallel \(replicas) × \(perReplica) "
                 + "(devices.ranks \(local)): start one rank per device rank of each replica")
         }
-        let studentRanks = Set(config.student.devices.map { local[$0] })
-        guard studentRanks.count == 1, let student = studentRanks.first else {
-            throw KDError("student.devices \(config.student.devices) are on ranks \(studentRanks.sorted()): the student's stages "
-                + "across ranks are not supported yet (put its devices on one rank; the teacher may be on others)")
+        let studentBlocks = Self.blocks(config.student.devices, deviceRanks: local)
+        guard Set(studentBlocks).count == studentBlocks.count, let student = studentBlocks.last else {
+            throw KDError("student.devices \(config.student.devices) are on ranks \(config.student.devices.map { local[$0] }): "
+                + "each rank must hold consecutive stages of the student")
+        }
+        let parts = studentBlocks.dropLast()
+        if !parts.isEmpty && config.distill.onPolicy.fraction > 0 {
+            throw KDError("distill.on_policy samples with the whole student in one process, but student.devices "
+                + "\(config.student.devices) are on ranks \(studentBlocks): put them on one rank, or set distill.on_policy.fraction 0")
         }
         let teacher = Self.teacherRanks(config, deviceRanks: local, studentRank: student)
         guard Set(teacher).count == teacher.count else {
             throw KDError("teacher.devices \(config.teacher.devices) are on ranks \(config.teacher.devices.map { local[$0] }): "
                 + "each rank must hold consecutive stages of the teacher")
         }
-        guard teacher == [student] || !teacher.contains(student) else {
-            throw KDError("teacher.devices \(config.teacher.devices) are on ranks \(teacher), one of them the student's: a "
-                + "teacher split across ranks needs ranks of its own")
+        guard teacher == [student] || Set(teacher).isDisjoint(with: studentBlocks) else {
+            throw KDError("teacher.devices \(config.teacher.devices) are on ranks \(teacher) and student.devices "
+                + "\(config.student.devices) on ranks \(studentBlocks): a teacher split across ranks, or beside a student's "
+                + "earlier stages, needs ranks of its own")
         }
-        for r in 0..<perReplica where r != student && !teacher.contains(r) {
+        for r in 0..<perReplica where !studentBlocks.contains(r) && !teacher.contains(r) {
             throw KDError("devices.ranks \(local): rank \(r) of each replica holds neither model"
                 + (config.data.teacherCache != nil ? " (with data.teacher_cache the teacher is not run)" : ""))
         }
@@ -82,8 +103,28 @@ public struct RankLayout {
         self.replica = replica
         teacherRanks = teacher.map { replica * perReplica + $0 }
         studentRank = replica * perReplica + student
-        let isStudent = world.rank == studentRank
-        let group = try world.split(color: isStudent ? 0 : 1, key: replica)
-        self.replicas = isStudent ? group : nil
+        studentPartRanks = parts.map { replica * perReplica + $0 }
+        // One group per piece of the student (its rank: 0; its part p: p + 1), one for teachers.
+        let piece = studentBlocks.firstIndex(of: world.rank % perReplica).map { $0 == studentBlocks.count - 1 ? 0 : $0 + 1 }
+        let group = try world.split(color: piece ?? studentBlocks.count, key: replica)
+        self.replicas = piece == nil ? nil : group
+    }
+}
+
+extension RankLayout {
+    /// The stages of `model` (the run's teacher or student, `role`) on this rank's devices, loaded
+    /// once they are known to fit their budgets (`plan`); `onLoad` gets a line.
+    func loadPart(_ model: RunConfig.Model, role: String, config: RunConfig, plan: MemoryPlan, onLoad: (String) -> Void)
+        throws -> ModelPart {
+        let mine = world.rank % ranksPerReplica
+        let held = Set(model.devices.indices.filter { deviceRanks[model.devices[$0]] == mine })
+        try plan.requireFit(devices: Set(held.map { model.devices[$0] }), model: role)
+        let start = ContinuousClock.now
+        let devices = try DeviceGroup.make(count: config.deviceCount, capacity: config.devices.memoryPerDevice?.bytes)
+        let part = try ModelPart.load(try Checkpoint(directory: model.path), on: try DeviceGroup(model.devices.map { devices.devices[$0] }),
+                                      holding: held, dtype: model.dtype)
+        let layers = part.stages.reduce(0) { $0 + $1.layers.count }
+        onLoad(String(format: "loaded %d %@ layers in %.1f s", layers, role, (ContinuousClock.now - start).seconds))
+        return part
     }
 }

@@ -72,20 +72,7 @@ public final class RemoteTeacher: @unchecked Sendable {
         BLAS.threads = plan.budget.threads
         let communicator = layout.world, student = layout.studentRank
         let position = layout.teacherRanks.firstIndex(of: communicator.rank)!
-        let mine = communicator.rank % layout.ranksPerReplica
-        let held = Set(config.teacher.devices.indices.filter { layout.deviceRanks[config.teacher.devices[$0]] == mine })
-        let heldIDs = Set(held.map { config.teacher.devices[$0] })
-        if let over = plan.devices.first(where: { !$0.fits && heldIDs.contains($0.id) }) {
-            throw KDError("the teacher does not fit device \(over.id): it needs \(formatBytes(over.totalBytes)) of "
-                + "\(formatBytes(over.capacityBytes ?? 0)) (see kd plan)")
-        }
-        let start = ContinuousClock.now
-        let devices = try DeviceGroup.make(count: config.deviceCount, capacity: config.devices.memoryPerDevice?.bytes)
-        let part = try ModelPart.load(try Checkpoint(directory: config.teacher.path),
-                                      on: try DeviceGroup(config.teacher.devices.map { devices.devices[$0] }), holding: held,
-                                      dtype: config.teacher.dtype)
-        let layers = part.stages.reduce(0) { $0 + $1.layers.count }
-        onLoad(String(format: "loaded %d teacher layers in %.1f s", layers, (ContinuousClock.now - start).seconds))
+        let part = try layout.loadPart(config.teacher, role: "teacher", config: config, plan: plan, onLoad: onLoad)
         let previous = position > 0 ? layout.teacherRanks[position - 1] : nil
         let next = position + 1 < layout.teacherRanks.count ? layout.teacherRanks[position + 1] : nil
         func receive<T>(_ count: Int, _ type: T.Type) throws -> [T] where T: FixedWidthInteger {

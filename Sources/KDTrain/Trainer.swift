@@ -43,6 +43,10 @@ public struct StepMetrics: Sendable {
     /// in the next step), and a teacher rank's batches and logits.
     public var ranks = 1
     public var bytesSent = 0
+    /// Each student stage's busy share of the step, in stage order: the ranks holding its first
+    /// stages (their forward, backward and optimizer work), then the student's rank (its student
+    /// phases). One entry when the student is on one rank.
+    public var stageBusy: [Double] = []
 
     /// The metrics.jsonl object.
     public var json: [String: Any] {
@@ -50,7 +54,7 @@ public struct StepMetrics: Sendable {
          "tokens": tokens, "scored_tokens": scoredTokens, "tokens_per_s": tokensPerSecond, "teacher_ms": teacherMs,
          "student_ms": studentMs, "transfer_bytes": transferBytes, "on_policy_tokens": onPolicyTokens, "generation_ms": generationMs, "elapsed_s": elapsedSeconds, "top1_agreement": agreement,
          "device_peak_bytes": devicePeakBytes, "peak_rss_bytes": peakRSSBytes, "phase_ms": phaseMs,
-         "ranks": ranks, "bytes_sent": bytesSent]
+         "ranks": ranks, "bytes_sent": bytesSent, "stage_busy": stageBusy]
     }
 }
 
@@ -64,6 +68,8 @@ public struct RunModels {
     /// The teacher's shape (from its config.json, or the cache's manifest).
     public let teacherSpec: ModelSpec
     public let student: CausalLM
+    /// The student's first stages, when they run on ranks of their own (`student.upstream`).
+    public var studentStages: StudentStages? { student.upstream as? StudentStages }
     public let tokenizer: Tokenizer?
     public let vocab: Int
     public let padID: Int
@@ -112,14 +118,23 @@ public struct RunModels {
                                               on: try DeviceGroup(config.teacher.devices.map { devices.devices[$0] }),
                                               dtype: config.teacher.dtype))
         }
+        var stages: StudentStages?
+        if let layout, !layout.studentPartRanks.isEmpty {
+            // The student's stages on the ranks before its own, in the order its devices give them.
+            let here = layout.deviceRanks[config.student.devices.last!]
+            stages = StudentStages(communicator: layout.world, ranks: layout.studentPartRanks,
+                                   stageCount: config.student.devices.filter { layout.deviceRanks[$0] != here }.count,
+                                   spec: plan.student.spec, settings: config.lora)
+        }
         let student = try CausalLM.load(try Checkpoint(directory: config.student.path),
                                         on: try DeviceGroup(config.student.devices.map { devices.devices[$0] }),
-                                        dtype: config.student.dtype)
+                                        dtype: config.student.dtype, after: stages)
         let seconds = (ContinuousClock.now - start).seconds
-        onLoad(cache != nil ? String(format: "loaded the student in %.1f s (teacher: %@)", seconds, cache!.directory)
-            : remote ? String(format: "loaded the student in %.1f s (teacher: ranks %@)", seconds,
-                              layout!.teacherRanks.map(String.init).joined(separator: ","))
-            : String(format: "loaded teacher and student in %.1f s", seconds))
+        let parts = stages.map { "; its first stages: ranks " + $0.ranks.map(String.init).joined(separator: ",") } ?? ""
+        onLoad(cache != nil ? String(format: "loaded the student in %.1f s (teacher: %@%@)", seconds, cache!.directory, parts)
+            : remote ? String(format: "loaded the student in %.1f s (teacher: ranks %@%@)", seconds,
+                              layout!.teacherRanks.map(String.init).joined(separator: ","), parts)
+            : String(format: "loaded teacher and student in %.1f s%@", seconds, stages == nil ? "" : " (student" + parts + ")"))
         return RunModels(budget: budget, devices: devices, teacher: teacher, teacherSpec: plan.teacher.spec, student: student,
                          tokenizer: tokenizer, vocab: vocab, padID: tokenizer?.padID ?? 0, notes: notes)
     }
@@ -142,9 +157,10 @@ public struct RunModels {
         return shared
     }
 
-    /// Lets a teacher on another rank go (its rank then leaves the job).
-    public func releaseTeacher() throws {
+    /// Lets a teacher and student stages on other ranks go (their ranks then leave the job).
+    public func releaseRanks() throws {
         if case .remote(let remote) = teacher { try remote.stop() }
+        try studentStages?.stop()
     }
 
     /// The distillation pass of a run's settings over these models.
@@ -172,7 +188,8 @@ public final class Trainer {
     public private(set) var step = 0
     /// Notes for the user (a shared vocabulary range, changed config keys on resume).
     public private(set) var notes: [String] = []
-    let adapters: [(name: String, adapter: LoRAAdapter)]
+    /// The adapters held on this rank (all of them unless the student's first stages run elsewhere).
+    let adapters: [NamedAdapter]
     /// Where the student and the optimizer report their time; taken into each step's metrics.
     public let phases = PhaseTimes()
     /// Called with each step's number and its gradients before clipping.
@@ -206,35 +223,12 @@ public final class Trainer {
         let models = try RunModels.load(config, cache: cache, layout: layout, onLoad: onLoad)
         self.models = models
         let student = models.student
-        if config.lora.initMethod == .pissa && config.lora.initFrom != nil {
-            throw KDError("lora.init pissa and lora.init_from exclude each other")
-        }
-        if let resumeFrom, config.lora.initMethod == .pissa {
-            // PiSSA's frozen residual comes from the saved initial matrices, exactly as at the start.
-            try PEFTAdapter.attachPiSSA(savedIn: resumeFrom, to: student, settings: config.lora)
-        } else if let initFrom = config.lora.initFrom {
-            let given = try PEFTAdapter.settings(directory: initFrom)
-            for (key, mine, theirs) in [("r", "\(config.lora.r)", "\(given.r)"), ("alpha", "\(config.lora.alpha)", "\(given.alpha)"),
-                                        ("target_modules", "\(config.lora.targetModules.sorted())", "\(given.targetModules.sorted())"),
-                                        ("use_rslora", "\(config.lora.useRSLoRA)", "\(given.useRSLoRA)")] where mine != theirs {
-                throw KDError("lora.init_from \(initFrom): its \(key) is \(theirs) but lora.\(key) is \(mine)")
-            }
-            try PEFTAdapter.attach(directory: initFrom, to: student, dropout: Float(config.lora.dropout))
-        } else {
-            try PEFTAdapter.attachFresh(to: student, settings: config.lora, seed: UInt64(config.run.seed))
-        }
+        try Self.attachAdapters(config, to: student, resumeFrom: resumeFrom)
         student.activationCheckpointing = config.train.activationCheckpointing
         student.timing = PhaseTimes.Scope(phases, prefix: "student")
-        let attached = student.linears.compactMap { linear in linear.adapter.map { (linear.name, $0) } }
-        adapters = attached
-        let optimizer = AdamW(hyper: .init(beta1: config.train.adamBeta1, beta2: config.train.adamBeta2,
-                                           eps: config.train.adamEps, weightDecay: config.train.weightDecay))
-        self.optimizer = optimizer
-        for (name, adapter) in attached {
-            try adapter.zeroGradients()
-            try optimizer.add(name: name + ".lora_A", parameter: adapter.a) { adapter.gradA! }
-            try optimizer.add(name: name + ".lora_B", parameter: adapter.b) { adapter.gradB! }
-        }
+        adapters = student.namedAdapters
+        optimizer = try Self.optimizer(config, adapters: adapters)
+        try models.studentStages?.start(resumeFrom: resumeFrom)
         pass = models.pass(config)
         onPolicy = OnPolicy(config: config, stop: StopCondition.defaults(
             modelDirectory: config.student.path, spec: models.student.spec, eosID: models.tokenizer?.eosID))
@@ -303,16 +297,16 @@ public final class Trainer {
         // N counts every replica's scored tokens: each replica's gradients are already of the global mean.
         let scored = try communicator.sum([batches.reduce(0) { $0 + $1.scoredTokens }])[0]
         guard scored > 0 else { throw KDError("step \(step + 1): the batch has no scored tokens") }
-        for (_, adapter) in adapters { try adapter.zeroGradients() }
+        for named in adapters { try named.adapter.zeroGradients() }
+        let stages = models.studentStages
+        try stages?.zeroGradients()
         var totals = DistillationLoss.Totals()
         for (micro, batch) in batches.enumerated() where batch.batchSize > 0 {
-            for (name, adapter) in adapters {
-                // Replicas hold different rows, so each draws its own masks.
-                let replica = communicator.size == 1 ? [] : [UInt64(communicator.rank)]
-                adapter.dropoutStream = RandomGenerator(
-                    seed: UInt64(config.run.seed),
-                    streams: [RandomGenerator.hash("dropout"), UInt64(step), UInt64(micro), RandomGenerator.hash(name)] + replica)
+            for named in adapters {
+                named.adapter.dropoutStream = Self.dropoutStream(
+                    seed: config.run.seed, step: step, micro: micro, linear: named.name, replicas: communicator)
             }
+            stages?.dropoutKey = (step, micro)
             let stream = prefetched ?? pass.startTeacher(batch)
             prefetched = nil
             let result = try pass.run(batch, gradientScale: 1 / Float(scored), crossEntropy: !onPolicyMicro[micro],
@@ -337,7 +331,7 @@ public final class Trainer {
             metrics.tokens += batch.attentionMask.reduce(0) { $0 + Int($1) }
         }
         if communicator.size > 1 {
-            try sumGradientsOverReplicas()
+            try Self.sum(adapters, over: communicator)
             try totals.sum(over: communicator)
             metrics.tokens = try communicator.sum([metrics.tokens])[0]
         }
@@ -350,7 +344,11 @@ public final class Trainer {
         metrics.ceLoss = totals.ce / Double(max(1, totals.ceRows))
         metrics.loss = alpha * temperature * temperature * metrics.divergence + (1 - alpha) * (totals.ce / n)
         metrics.agreement = Double(totals.agreements) / n
-        metrics.gradNorm = phases.time("optimizer") { optimizer.gradientNorm() }
+        // The parts' slots come first in slot order (their layers come first).
+        let remote = try stages?.squareSums()
+        metrics.gradNorm = phases.time("optimizer") {
+            AdamW.norm(squareSums: (remote?.sums ?? []) + optimizer.gradientSquareSums())
+        }
         guard metrics.loss.isFinite else {
             discardPrefetch()
             throw NonFiniteStep(step: step + 1, what: "loss")
@@ -360,7 +358,8 @@ public final class Trainer {
             throw NonFiniteStep(step: step + 1, what: "gradient norm")
         }
         metrics.lr = nextLearningRate
-        try optimizerHook?(step + 1, gradients())
+        if let optimizerHook { try optimizerHook(step + 1, try (stages?.gradients(on: student.firstDevice) ?? []) + gradients()) }
+        try stages?.step(norm: metrics.gradNorm, maxNorm: config.train.maxGradNorm, lr: metrics.lr)
         phases.time("optimizer") {
             if config.train.maxGradNorm > 0 { optimizer.clip(norm: metrics.gradNorm, maxNorm: config.train.maxGradNorm) }
             optimizer.step(lr: metrics.lr)
@@ -372,7 +371,11 @@ public final class Trainer {
         metrics.tokensPerSecond = Double(metrics.tokens) / seconds
         metrics.devicePeakBytes = devices.devices.map(\.peakBytes)
         metrics.peakRSSBytes = Self.peakResidentBytes()
-        metrics.phaseMs.merge(phases.take().mapValues { $0 * 1000 }, uniquingKeysWith: +)
+        let own = phases.take()
+        metrics.phaseMs.merge(own.mapValues { $0 * 1000 }, uniquingKeysWith: +)
+        // Each student stage's busy share of the step: the parts' work, and this rank's student phases.
+        metrics.stageBusy = ((remote?.busySeconds ?? []) + [own.filter { $0.key.hasPrefix("student_") || $0.key == "optimizer" }
+            .values.reduce(0, +)]).map { $0 / seconds }
         metrics.ranks = world.size
         let sent = bytesOnWire
         metrics.bytesSent = try communicator.sum([sent - bytesSentBefore])[0]
@@ -389,7 +392,7 @@ public final class Trainer {
     private var bytesOnWire: Int {
         var bytes = communicator.bytesSent + (world === communicator ? 0 : world.bytesSent)
         if case .remote(let teacher) = models.teacher { bytes += teacher.bytesReceived }
-        return bytes
+        return bytes + (models.studentStages?.bytesReceived ?? 0)
     }
 
     /// Whether the teacher runs on another rank.
@@ -400,29 +403,6 @@ public final class Trainer {
 
     /// This rank's `bytesOnWire` when the last step's metrics were taken.
     private var bytesSentBefore = 0
-
-    /// Replaces every replica's adapter gradients by their sum over the replicas, added in rank
-    /// order: all replicas then clip and step identically. The gradients travel as one buffer.
-    private func sumGradientsOverReplicas() throws {
-        let tensors = adapters.flatMap { [$0.adapter.gradA!, $0.adapter.gradB!] }
-        var flat = [Float](repeating: 0, count: tensors.reduce(0) { $0 + $1.count })
-        try flat.withUnsafeMutableBufferPointer { buffer in
-            let base = buffer.baseAddress!
-            var offset = 0
-            for tensor in tensors {
-                let at = base + offset
-                try tensor.device.run { at.update(from: tensor.data, count: tensor.count) }
-                offset += tensor.count
-            }
-            try communicator.sumInRankOrder(base, count: buffer.count)
-            offset = 0
-            for tensor in tensors {
-                let at = base + offset
-                try tensor.device.run { tensor.data.update(from: at, count: tensor.count) }
-                offset += tensor.count
-            }
-        }
-    }
 
     /// The process's peak resident set size in bytes (getrusage's ru_maxrss, in KiB on Linux); 0
     /// when it cannot be read.
@@ -442,8 +422,8 @@ public final class Trainer {
 
     /// The adapters' gradients by PEFT key (clipped once the step has been applied).
     public func gradients() -> [(name: String, tensor: Tensor)] {
-        adapters.flatMap { name, adapter in
-            [(PEFTAdapter.key(name, "A"), adapter.gradA!), (PEFTAdapter.key(name, "B"), adapter.gradB!)]
+        adapters.flatMap { named in
+            [(PEFTAdapter.key(named.name, "A"), named.adapter.gradA!), (PEFTAdapter.key(named.name, "B"), named.adapter.gradB!)]
         }
     }
 
@@ -506,13 +486,21 @@ public final class Trainer {
             configHash: configHash, shapes: shapes, kdVersion: TrainingCheckpoint.version)
     }
 
+    /// Every adapter of the student in layer order: the student's first stages' (copied here
+    /// when they run elsewhere), then this rank's.
+    public func allAdapters() throws -> [NamedAdapter] {
+        try (models.studentStages?.adapters(on: student.firstDevice) ?? []) + adapters
+    }
+
     /// Writes `checkpoint-<step>` into the output directory.
     @discardableResult
     public func saveCheckpoint() throws -> String {
         try FileManager.default.createDirectory(atPath: config.run.outputDir, withIntermediateDirectories: true)
+        let moments = try (models.studentStages?.moments(on: student.firstDevice) ?? []) + optimizer.moments
         return try TrainingCheckpoint.write(
-            outputDir: config.run.outputDir, step: step, model: student, settings: config.lora,
-            baseModel: config.student.path, optimizer: optimizer, state: state, keepLast: config.checkpoint.keepLast)
+            outputDir: config.run.outputDir, step: step, adapters: try allAdapters(), settings: config.lora,
+            baseModel: config.student.path, moments: moments, optimizerStep: optimizer.stepCount, state: state,
+            keepLast: config.checkpoint.keepLast)
     }
 
     /// Restores adapters, moments, step and data position from a checkpoint, refusing one whose
@@ -531,17 +519,7 @@ public final class Trainer {
                 + "will not match an uninterrupted one")
         }
         try checkCursor(saved, file: (directory as NSString).appendingPathComponent(TrainingCheckpoint.stateName))
-        let file = try SafetensorsFile(path: (directory as NSString).appendingPathComponent(PEFTAdapter.weightsName))
-        for (name, adapter) in adapters where adapter.initial == nil {
-            for (matrix, target) in [("A", adapter.a), ("B", adapter.b)] {
-                let key = PEFTAdapter.key(name, matrix)
-                guard let info = file.tensors[key], info.shape == target.shape else {
-                    throw KDError("\(file.path): tensor '\(key)' is missing or has the wrong shape")
-                }
-                target.data.update(from: try file.load(key, on: target.device).data, count: target.count)
-            }
-        }
-        try TrainingCheckpoint.readOptimizer(directory, into: optimizer, step: saved.step)
+        try Self.restore(adapters, optimizer: optimizer, from: directory, step: saved.step)
         step = saved.step
         sampler = BatchSampler(count: dataset.examples.count, batchSize: config.train.batchSize,
                                shuffle: config.data.shuffle, seed: UInt64(config.run.seed), cursor: saved.cursor)
@@ -549,6 +527,89 @@ public final class Trainer {
 }
 
 extension Trainer {
+    /// Attaches the run's adapters to `model` (the student, or the part of it a rank holds): from
+    /// `lora.init_from`, PiSSA's (from `resumeFrom`'s saved initial matrices when resuming), or
+    /// fresh, each linear's values from its own seeded stream.
+    static func attachAdapters(_ config: RunConfig, to model: some AdaptedModel, resumeFrom: String?) throws {
+        if config.lora.initMethod == .pissa && config.lora.initFrom != nil {
+            throw KDError("lora.init pissa and lora.init_from exclude each other")
+        }
+        if let resumeFrom, config.lora.initMethod == .pissa {
+            // PiSSA's frozen residual comes from the saved initial matrices, exactly as at the start.
+            try PEFTAdapter.attachPiSSA(savedIn: resumeFrom, to: model, settings: config.lora)
+        } else if let initFrom = config.lora.initFrom {
+            let given = try PEFTAdapter.settings(directory: initFrom)
+            for (key, mine, theirs) in [("r", "\(config.lora.r)", "\(given.r)"), ("alpha", "\(config.lora.alpha)", "\(given.alpha)"),
+                                        ("target_modules", "\(config.lora.targetModules.sorted())", "\(given.targetModules.sorted())"),
+                                        ("use_rslora", "\(config.lora.useRSLoRA)", "\(given.useRSLoRA)")] where mine != theirs {
+                throw KDError("lora.init_from \(initFrom): its \(key) is \(theirs) but lora.\(key) is \(mine)")
+            }
+            try PEFTAdapter.attach(directory: initFrom, to: model, dropout: Float(config.lora.dropout))
+        } else {
+            try PEFTAdapter.attachFresh(to: model, settings: config.lora, seed: UInt64(config.run.seed))
+        }
+    }
+
+    /// AdamW over `adapters`' A and B (in that order, adapter by adapter), their gradients zeroed.
+    static func optimizer(_ config: RunConfig, adapters: [NamedAdapter]) throws -> AdamW {
+        let optimizer = AdamW(hyper: .init(beta1: config.train.adamBeta1, beta2: config.train.adamBeta2,
+                                           eps: config.train.adamEps, weightDecay: config.train.weightDecay))
+        for named in adapters {
+            let adapter = named.adapter
+            try adapter.zeroGradients()
+            try optimizer.add(name: named.name + ".lora_A", parameter: adapter.a) { adapter.gradA! }
+            try optimizer.add(name: named.name + ".lora_B", parameter: adapter.b) { adapter.gradB! }
+        }
+        return optimizer
+    }
+
+    /// Restores `adapters` (PiSSA's are restored when attached) and their moments from a checkpoint.
+    static func restore(_ adapters: [NamedAdapter], optimizer: AdamW, from directory: String, step: Int) throws {
+        let file = try SafetensorsFile(path: (directory as NSString).appendingPathComponent(PEFTAdapter.weightsName))
+        for named in adapters where named.adapter.initial == nil {
+            for (matrix, target) in [("A", named.adapter.a), ("B", named.adapter.b)] {
+                let key = PEFTAdapter.key(named.name, matrix)
+                guard let info = file.tensors[key], info.shape == target.shape else {
+                    throw KDError("\(file.path): tensor '\(key)' is missing or has the wrong shape")
+                }
+                target.data.update(from: try file.load(key, on: target.device).data, count: target.count)
+            }
+        }
+        try TrainingCheckpoint.readOptimizer(directory, into: optimizer, step: step)
+    }
+
+    /// The dropout stream of `linear` in micro-batch `micro` of step `step` (0-based). Replicas
+    /// hold different rows, so each draws its own masks (`replicas`: a rank's counterparts in the
+    /// other replicas).
+    static func dropoutStream(seed: Int, step: Int, micro: Int, linear: String, replicas: Communicator) -> RandomGenerator {
+        let replica = replicas.size == 1 ? [] : [UInt64(replicas.rank)]
+        return RandomGenerator(
+            seed: UInt64(seed), streams: [RandomGenerator.hash("dropout"), UInt64(step), UInt64(micro), RandomGenerator.hash(linear)] + replica)
+    }
+
+    /// Replaces the adapters' gradients by their sum over `replicas`, added in rank order: all
+    /// replicas then clip and step identically. The gradients travel as one buffer.
+    static func sum(_ adapters: [NamedAdapter], over replicas: Communicator) throws {
+        let tensors = adapters.flatMap { [$0.adapter.gradA!, $0.adapter.gradB!] }
+        var flat = [Float](repeating: 0, count: tensors.reduce(0) { $0 + $1.count })
+        try flat.withUnsafeMutableBufferPointer { buffer in
+            let base = buffer.baseAddress!
+            var offset = 0
+            for tensor in tensors {
+                let at = base + offset
+                try tensor.device.run { at.update(from: tensor.data, count: tensor.count) }
+                offset += tensor.count
+            }
+            try replicas.sumInRankOrder(base, count: buffer.count)
+            offset = 0
+            for tensor in tensors {
+                let at = base + offset
+                try tensor.device.run { tensor.data.update(from: at, count: tensor.count) }
+                offset += tensor.count
+            }
+        }
+    }
+
     /// The saved data position must lie in this run's data: an index within data.train, and (when
     /// the settings that decide the draws are unchanged) no more epochs than micro-batches drawn.
     func checkCursor(_ saved: TrainerState, file: String) throws {

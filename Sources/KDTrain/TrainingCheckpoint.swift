@@ -121,26 +121,28 @@ public enum TrainingCheckpoint {
     /// Writes a checkpoint atomically: everything into a temporary directory, each file flushed,
     /// then one rename. Older complete checkpoints beyond `keepLast` are then removed, each first
     /// renamed out of the `checkpoint-<step>` names so none is ever seen half deleted.
+    /// `adapters` and `moments` are the whole model's, in layer order (gathered from its stages
+    /// when they are held by several processes); `optimizerStep` is AdamW's step count.
     public static func write(
-        outputDir: String, step: Int, model: CausalLM, settings: LoRASettings, baseModel: String,
-        optimizer: AdamW, state: TrainerState, keepLast: Int
+        outputDir: String, step: Int, adapters: [NamedAdapter], settings: LoRASettings, baseModel: String,
+        moments: [AdamW.Moments], optimizerStep: Int, state: TrainerState, keepLast: Int
     ) throws -> String {
         let final = (outputDir as NSString).appendingPathComponent("\(prefix)\(step)")
         try writeDirectoryAtomically(final, durable: true) { staging in
             try reportingWrites(to: (final as NSString).appendingPathComponent(PEFTAdapter.weightsName)) {
-                try PEFTAdapter.save(model, settings: settings, baseModel: baseModel, to: staging)
+                try PEFTAdapter.save(adapters, settings: settings, baseModel: baseModel, to: staging)
             }
             try reportingWrites(to: (final as NSString).appendingPathComponent(optimizerName)) {
                 let writer = try SafetensorsWriter(
                     path: (staging as NSString).appendingPathComponent(optimizerName),
-                    entries: optimizer.slots.flatMap { slot in
-                        [SafetensorsWriter.Entry(name: slot.name + ".exp_avg", dtype: .f32, shape: slot.parameter.shape),
-                         SafetensorsWriter.Entry(name: slot.name + ".exp_avg_sq", dtype: .f32, shape: slot.parameter.shape)]
-                    }, metadata: ["step": String(optimizer.stepCount)])
+                    entries: moments.flatMap { slot in
+                        [SafetensorsWriter.Entry(name: slot.name + ".exp_avg", dtype: .f32, shape: slot.average.shape),
+                         SafetensorsWriter.Entry(name: slot.name + ".exp_avg_sq", dtype: .f32, shape: slot.averageSquare.shape)]
+                    }, metadata: ["step": String(optimizerStep)])
                 do {
-                    for slot in optimizer.slots {
-                        try writer.write(slot.exponentialAverage)
-                        try writer.write(slot.exponentialAverageSquare)
+                    for slot in moments {
+                        try writer.write(slot.average)
+                        try writer.write(slot.averageSquare)
                     }
                     try writer.finish()
                 } catch {

@@ -211,13 +211,13 @@ public final class TrainingRun {
     public func writeFinalModel() throws {
         let config = trainer.config
         let final = (outputDir as NSString).appendingPathComponent("final_model")
+        let all = try trainer.allAdapters()
         try writeDirectoryAtomically(final, durable: true) { staging in
             try reportingWrites(to: (final as NSString).appendingPathComponent(PEFTAdapter.weightsName)) {
-                try PEFTAdapter.save(trainer.student, settings: config.lora, baseModel: config.student.path, to: staging)
+                try PEFTAdapter.save(all, settings: config.lora, baseModel: config.student.path, to: staging)
             }
             if config.checkpoint.saveMerged {
-                var adapters: [String: (a: Tensor, b: Tensor)] = [:]
-                for linear in trainer.student.linears { if let adapter = linear.adapter { adapters[linear.name] = (adapter.a, adapter.b) } }
+                let adapters = Dictionary(uniqueKeysWithValues: all.map { ($0.name, (a: $0.adapter.a, b: $0.adapter.b)) })
                 try Merge.write(base: try Checkpoint(directory: config.student.path), adapters: adapters, scale: config.lora.scale,
                                 to: (staging as NSString).appendingPathComponent("merged"))
             }

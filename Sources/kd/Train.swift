@@ -33,6 +33,11 @@ struct Train: KDCommand {
         let run = try RunConfig.load(path: config, overrides: overrides)
         let layout = try RankLayout(config: run)
         Console.speaks = layout.writes
+        if layout.holdsStudentPart {
+            // A rank that holds the student's first stages serves the student's rank until the run ends there.
+            try StudentStages.serve(config: run, layout: layout) { Console.info($0) }
+            return
+        }
         if !layout.holdsStudent {
             // A rank that holds only a teacher serves its student's rank until the run ends there.
             try RemoteTeacher.serve(config: run, layout: layout) { Console.info($0) }
@@ -72,7 +77,7 @@ struct Train: KDCommand {
             },
             stopRequested: { requestedStop == 0 ? nil : requestedStop })
         progress.finish()
-        defer { try? training.trainer.models.releaseTeacher() }
+        defer { try? training.trainer.models.releaseRanks() }
         switch outcome {
         case .finished:
             Console.info("done: \(run.run.outputDir)/final_model")

@@ -292,25 +292,33 @@ import KDModels
     /// SIGKILL on the teacher's rank, while its student waits for logits, ends the job non-zero
     /// within 10 s, leaving the checkpoints whole.
     @Test func aKilledTeacherRankEndsTheJob() throws {
+        try Self.killRank(0, ranks: 2)  // device 0, the teacher's
+    }
+
+    /// Starts a run of `ranks` ranks, kills rank `rank` once the first checkpoint is written, and
+    /// expects the job to end non-zero within 10 s with its checkpoints whole (a resume in one
+    /// process skips none).
+    static func killRank(_ rank: Int, ranks: Int, extra: [String] = []) throws {
         let dir = KDProcess.temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let run = dir + "/run"
-        let process = try KDProcess.start(TrainRunTests.arguments(run, steps: 100_000, extra: ["--set", "train.batch_size=4"]), ranks: 2)
+        let settings = ["--set", "train.batch_size=4"] + extra
+        let process = try KDProcess.start(TrainRunTests.arguments(run, steps: 100_000, extra: settings), ranks: ranks)
         defer { if process.isRunning { process.terminate() } }
         while !FileManager.default.fileExists(atPath: run + "/checkpoint-2/adapter_model.safetensors") {
             try #require(process.isRunning, "the run ended before its first checkpoint")
             usleep(10_000)
         }
-        let teacher = try #require(DataParallelTests.ranks(of: process.processIdentifier)[0])  // device 0, the teacher's
+        let victim = try #require(DataParallelTests.ranks(of: process.processIdentifier)[rank])
         let killed = ContinuousClock.now
-        kill(teacher, SIGKILL)
+        kill(victim, SIGKILL)
         let mpirun = process.processIdentifier
         DispatchQueue.global().asyncAfter(deadline: .now() + 30) { if process.isRunning { kill(mpirun, SIGKILL) } }
         process.waitUntilExit()
         let seconds = (ContinuousClock.now - killed).seconds
         #expect(process.terminationStatus != 0)
         #expect(seconds <= 10, "the job took \(seconds) s to end")
-        let resumed = try KDProcess.run(TrainRunTests.arguments(run, steps: 1, extra: ["--resume", "--set", "train.batch_size=4"]))
+        let resumed = try KDProcess.run(TrainRunTests.arguments(run, steps: 1, extra: ["--resume"] + settings))
         #expect(resumed.status == 0 && !resumed.stderr.contains("skipping"), "\(resumed.stderr)")
     }
 
@@ -333,19 +341,5 @@ import KDModels
             #expect(a != nil && a == FileManager.default.contents(atPath: "\(dir)/split/\(file)"), "\(file)")
         }
         #expect(split.allSatisfy { $0["ranks"] as? Int == teacherDevices + 1 })
-    }
-
-    /// The student over two ranks is refused, naming the ranks.
-    @Test func aModelAcrossRanksIsRefused() throws {
-        let dir = KDProcess.temporaryDirectory()
-        defer { try? FileManager.default.removeItem(atPath: dir) }
-        let path = KDProcess.fixtures + "/train/dense-teacher"
-        let result = try KDProcess.run([
-            "train", "--config", path + "/run.yaml", "--set", "run.output_dir=\(dir)", "--set", "teacher.path=\(path)/teacher",
-            "--set", "student.path=\(path)/student", "--set", "data.train=\(path)/tokens.jsonl", "--set", "devices.count=3",
-            "--set", "student.devices=[1,2]"], ranks: 3)
-        #expect(result.status != 0)
-        #expect(result.stderr.contains("student.devices [1, 2] are on ranks [1, 2]: the student's stages across ranks are not supported yet"),
-                "\(result.stderr)")
     }
 }

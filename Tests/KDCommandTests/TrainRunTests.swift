@@ -17,13 +17,13 @@ import KDModels
          "--set", "train.lr_schedule=cosine", "--set", "train.warmup_steps=1"] + extra
     }
 
-    /// Metrics lines without what depends on timing (the times, phase_ms) or on the process: the peaks of memory
+    /// Metrics lines without what depends on timing (the times, phase_ms, stage_busy) or on the process: the peaks of memory
     /// (device_peak_bytes, peak_rss_bytes) count from the process's start and vary with how the
     /// teacher's thread interleaves with the student's.
     static func stripTimes(_ metrics: String) -> [String] {
         metrics.split(separator: "\n").map { line in
             var object = KDProcess.json(String(line))
-            for key in ["elapsed_s", "teacher_ms", "student_ms", "tokens_per_s", "device_peak_bytes", "peak_rss_bytes", "phase_ms"] {
+            for key in ["elapsed_s", "teacher_ms", "student_ms", "tokens_per_s", "device_peak_bytes", "peak_rss_bytes", "phase_ms", "stage_busy"] {
                 object.removeValue(forKey: key)
             }
             return String(decoding: try! JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]), as: UTF8.self)

@@ -1,0 +1,344 @@
+import Foundation
+import KDCore
+import KDModels
+import KDText
+
+/// The student's first stages when they run on ranks of their own (see `RankLayout`), as the
+/// student's rank sees them: `CausalLM`'s upstream. Each part rank (`serve`) holds consecutive
+/// stages (`ModelPart`) with their adapters, their gradients and their AdamW moments: activations
+/// go forward part to part and on to the student's rank, d(activations) come back the same way,
+/// and each part accumulates its adapters' gradients and steps its own optimizer. What the
+/// student's rank needs of them crosses on request: each slot's Σg² for the global gradient norm
+/// (added in slot order, so the norm is the one process's bits), and their adapters, moments or
+/// gradients when a checkpoint is written. The kernels and their order are the in-process
+/// student's, so a run with its student split gives the one process's numbers bit for bit.
+///
+/// Messages (one sender's messages with one tag arrive in order): from the student's rank to
+/// every part a request of eight Int64 (`Request`, then its arguments), followed for `forward` by
+/// the token ids (Int32) and the attention mask (UInt8) and for `start` by the checkpoint path to
+/// resume from; between parts, and from the last part to the student's rank, the stages' output
+/// (tokens × hidden f32, `activationTag`), and d(output) the other way (`gradientTag`); and from a
+/// part to the student's rank the replies (`replyTag`).
+public final class StudentStages: RemoteStages {
+    static let requestTag = 21, activationTag = 22, gradientTag = 23, replyTag = 24
+
+    enum Request: Int64 {
+        case stop = 0, start, forward, backward, zeroGradients, squareSums, step, adapters, moments, gradients
+    }
+
+    /// What a part holds: one entry per adapter, in layer order (its slots: A, then B).
+    struct Manifest: Codable {
+        struct Entry: Codable {
+            let name: String
+            let rank: Int
+            let inFeatures: Int
+            let outFeatures: Int
+            /// A PiSSA adapter, which also carries its initial A₀ and B₀.
+            let pissa: Bool
+        }
+        let adapters: [Entry]
+    }
+
+    let communicator: Communicator
+    /// The parts' ranks in `communicator`, in stage order.
+    let ranks: [Int]
+    public let stageCount: Int
+    public var adaptersDetached = false
+    let hidden: Int
+    let settings: LoRASettings
+    /// The step and micro-batch the next training forward draws its dropout masks for.
+    var dropoutKey = (step: 0, micro: 0)
+    private var manifests: [Manifest] = []
+    private var forwardTokens = 0
+    private let lock = NSLock()
+    private var received = 0
+    /// Bytes the parts have sent this rank.
+    public var bytesReceived: Int { lock.withLock { received } }
+
+    /// The student's stages on `ranks` of `communicator`, the first `stageCount` of its placement.
+    init(communicator: Communicator, ranks: [Int], stageCount: Int, spec: ModelSpec, settings: LoRASettings) {
+        self.communicator = communicator
+        self.ranks = ranks
+        self.stageCount = stageCount
+        self.hidden = spec.hiddenSize
+        self.settings = settings
+    }
+
+    private func request(_ kind: Request, _ arguments: [Int64] = [], to parts: [Int]? = nil) throws {
+        let header = [kind.rawValue] + arguments + [Int64](repeating: 0, count: 7 - arguments.count)
+        for rank in parts ?? ranks { try header.withUnsafeBytes { try communicator.send($0, to: rank, tag: Self.requestTag) } }
+    }
+
+    private func receive(into tensor: Tensor, from rank: Int, tag: Int = replyTag) throws {
+        try communicator.receive(into: tensor, from: rank, tag: tag)
+        lock.withLock { received += tensor.byteCount }
+    }
+
+    private func receive<T: FixedWidthInteger>(_ count: Int, _ type: T.Type, from rank: Int) throws -> [T] {
+        var values = [T](repeating: 0, count: count)
+        try values.withUnsafeMutableBytes { try communicator.receive(into: $0, from: rank, tag: Self.replyTag) }
+        lock.withLock { received += count * MemoryLayout<T>.stride }
+        return values
+    }
+
+    /// Starts the parts: each attaches its adapters as the student's rank does (from `resumeFrom`
+    /// when given, restoring their moments too), and says what it holds.
+    func start(resumeFrom: String?) throws {
+        let path = Array((resumeFrom ?? "").utf8)
+        try request(.start, [Int64(path.count)])
+        for rank in ranks { try path.withUnsafeBytes { try communicator.send($0, to: rank, tag: Self.requestTag) } }
+        manifests = try ranks.map { rank in
+            let length = Int(try receive(1, Int64.self, from: rank)[0])
+            guard length >= 0, length <= 1 << 26 else { throw KDError("rank \(rank) sent a manifest of \(length) bytes") }
+            let bytes = try receive(length, UInt8.self, from: rank)
+            do {
+                return try JSONDecoder().decode(Manifest.self, from: Data(bytes))
+            } catch {
+                throw KDError("rank \(rank) sent a manifest kd cannot read")
+            }
+        }
+    }
+
+    public func forward(_ batch: TokenBatch, training: Bool, onto device: Device) throws -> Tensor {
+        try request(.forward, [Int64(batch.batchSize), Int64(batch.sequenceLength), training ? 1 : 0, adaptersDetached ? 1 : 0,
+                               Int64(dropoutKey.step), Int64(dropoutKey.micro)])
+        for rank in ranks {
+            try batch.inputIDs.withUnsafeBytes { try communicator.send($0, to: rank, tag: Self.requestTag) }
+            try batch.attentionMask.withUnsafeBytes { try communicator.send($0, to: rank, tag: Self.requestTag) }
+        }
+        let output = try Tensor(uninitializedShape: [batch.tokenCount, hidden], on: device)
+        try receive(into: output, from: ranks[ranks.count - 1], tag: Self.activationTag)
+        forwardTokens = batch.tokenCount
+        return output
+    }
+
+    public func backward(_ dOutput: Tensor) throws {
+        try requireShape(dOutput, [forwardTokens, hidden], "d(student stages' output)")
+        try request(.backward)
+        try communicator.send(dOutput, to: ranks[ranks.count - 1], tag: Self.gradientTag)
+    }
+
+    /// Zeroes the parts' gradients for a new step.
+    func zeroGradients() throws { try request(.zeroGradients) }
+
+    /// Σg² of every slot of the parts, in slot order (the parts sum their gradients over their
+    /// replicas first), and each part's busy seconds since it was last asked.
+    func squareSums() throws -> (sums: [Double], busySeconds: [Double]) {
+        try request(.squareSums)
+        var sums: [Double] = [], busy: [Double] = []
+        for (rank, manifest) in zip(ranks, manifests) {
+            let values = try receive(1 + 2 * manifest.adapters.count, UInt64.self, from: rank).map { Double(bitPattern: $0) }
+            busy.append(values[0])
+            sums += values.dropFirst()
+        }
+        return (sums, busy)
+    }
+
+    /// Clips the parts' gradients with the global `norm` (when `maxNorm` > 0) and steps their optimizers.
+    func step(norm: Double, maxNorm: Double, lr: Double) throws {
+        try request(.step, [Int64(bitPattern: norm.bitPattern), Int64(bitPattern: maxNorm.bitPattern), Int64(bitPattern: lr.bitPattern)])
+    }
+
+    /// The parts' adapters, copied onto `device`, in layer order.
+    func adapters(on device: Device) throws -> [NamedAdapter] {
+        try request(.adapters)
+        var all: [NamedAdapter] = []
+        for (rank, manifest) in zip(ranks, manifests) {
+            for entry in manifest.adapters {
+                let (a, b) = try pair(entry, from: rank, on: device)
+                let adapter = LoRAAdapter(a: a, b: b, scale: settings.scale, dropout: Float(settings.dropout))
+                if entry.pissa { adapter.initial = try pair(entry, from: rank, on: device) }
+                all.append(NamedAdapter(name: entry.name, adapter: adapter))
+            }
+        }
+        return all
+    }
+
+    /// The parts' AdamW moments, copied onto `device`, in slot order.
+    func moments(on device: Device) throws -> [AdamW.Moments] {
+        try request(.moments)
+        var all: [AdamW.Moments] = []
+        for (rank, manifest) in zip(ranks, manifests) {
+            for entry in manifest.adapters {
+                for (matrix, shape) in [("A", [entry.rank, entry.inFeatures]), ("B", [entry.outFeatures, entry.rank])] {
+                    let average = try Tensor(uninitializedShape: shape, on: device)
+                    let square = try Tensor(uninitializedShape: shape, on: device)
+                    try receive(into: average, from: rank)
+                    try receive(into: square, from: rank)
+                    all.append(AdamW.Moments(name: entry.name + ".lora_" + matrix, average: average, averageSquare: square))
+                }
+            }
+        }
+        return all
+    }
+
+    /// The parts' adapters' gradients by PEFT key, copied onto `device`.
+    func gradients(on device: Device) throws -> [(name: String, tensor: Tensor)] {
+        try request(.gradients)
+        var all: [(name: String, tensor: Tensor)] = []
+        for (rank, manifest) in zip(ranks, manifests) {
+            for entry in manifest.adapters {
+                let (a, b) = try pair(entry, from: rank, on: device)
+                all += [(PEFTAdapter.key(entry.name, "A"), a), (PEFTAdapter.key(entry.name, "B"), b)]
+            }
+        }
+        return all
+    }
+
+    /// A [rank, in] and a [out, rank] tensor received from `rank`.
+    private func pair(_ entry: Manifest.Entry, from rank: Int, on device: Device) throws -> (Tensor, Tensor) {
+        let a = try Tensor(uninitializedShape: [entry.rank, entry.inFeatures], on: device)
+        let b = try Tensor(uninitializedShape: [entry.outFeatures, entry.rank], on: device)
+        try receive(into: a, from: rank)
+        try receive(into: b, from: rank)
+        return (a, b)
+    }
+
+    /// Tells the parts that the run is over.
+    public func stop() throws { try request(.stop) }
+
+    /// The bytes the student's rank sends its parts in a step of `microBatches` micro-batches of
+    /// `tokens` positions, and a part sends (its output forward and, but for the first part, its
+    /// input's gradient back; its sums to the student's rank), for kd plan.
+    static func bytesPerStep(microBatches: Int, tokens: Double, hidden: Int, parts: Int, position: Int?, slots: Int) -> Double {
+        let activations = Double(microBatches) * tokens * Double(hidden) * 4
+        guard let position else {
+            // Requests: zero, sums and step a step, forward (with ids and mask) and backward a micro-batch.
+            let requests = Double(64 * (3 + 2 * microBatches)) + Double(microBatches) * tokens * 5
+            return requests * Double(parts) + (parts > 0 ? activations : 0)
+        }
+        return activations * (position > 0 ? 2 : 1) + Double(8 * (1 + slots))
+    }
+
+    // MARK: A part's rank
+
+    /// A rank holding student stages before the student's rank: loads its stages, attaches their
+    /// adapters as the student's rank does and answers it until it says stop. `onLoad` gets a line
+    /// once the part is loaded.
+    public static func serve(config: RunConfig, layout: RankLayout, onLoad: (String) -> Void) throws {
+        let plan = try MemoryPlan(config: config, teacherElsewhere: true)
+        BLAS.threads = plan.budget.threads
+        let world = layout.world, student = layout.studentRank
+        guard let peers = layout.replicas, let position = layout.studentPartRanks.firstIndex(of: world.rank) else {
+            throw KDError("rank \(world.rank) holds no student stages")
+        }
+        let part = try layout.loadPart(config.student, role: "student", config: config, plan: plan, onLoad: onLoad)
+        part.activationCheckpointing = config.train.activationCheckpointing
+        let previous = position > 0 ? layout.studentPartRanks[position - 1] : nil
+        let next = position + 1 < layout.studentPartRanks.count ? layout.studentPartRanks[position + 1] : student
+        func receive<T: FixedWidthInteger>(_ count: Int, _ type: T.Type) throws -> [T] {
+            var values = [T](repeating: 0, count: count)
+            try values.withUnsafeMutableBytes { try world.receive(into: $0, from: student, tag: requestTag) }
+            return values
+        }
+        func reply<T>(_ values: [T]) throws { try values.withUnsafeBytes { try world.send($0, to: student, tag: replyTag) } }
+        var adapters: [NamedAdapter] = []
+        var optimizer: AdamW?
+        var tokens = 0
+        var busy = 0.0
+        func timed(_ body: () throws -> Void) rethrows {
+            let start = ContinuousClock.now
+            try body()
+            busy += (ContinuousClock.now - start).seconds
+        }
+        while true {
+            let header = try receive(8, Int64.self)
+            guard let kind = Request(rawValue: header[0]) else {
+                throw KDError("rank \(student) sent its student stages a request they cannot read (\(header))")
+            }
+            if kind != .start && kind != .stop && optimizer == nil {
+                throw KDError("rank \(student) sent its student stages a request before starting them")
+            }
+            switch kind {
+            case .stop:
+                return
+            case .start:
+                guard header[1] >= 0, header[1] <= 1 << 16 else { throw KDError("rank \(student) sent a path of \(header[1]) bytes") }
+                let path = String(decoding: try receive(Int(header[1]), UInt8.self), as: UTF8.self)
+                let resumeFrom = path.isEmpty ? nil : path
+                try Trainer.attachAdapters(config, to: part, resumeFrom: resumeFrom)
+                adapters = part.namedAdapters
+                let made = try Trainer.optimizer(config, adapters: adapters)
+                if let resumeFrom {
+                    try Trainer.restore(adapters, optimizer: made, from: resumeFrom, step: try TrainingCheckpoint.readState(resumeFrom).step)
+                }
+                optimizer = made
+                let manifest = Manifest(adapters: adapters.map {
+                    .init(name: $0.name, rank: $0.adapter.rank, inFeatures: $0.adapter.inFeatures,
+                          outFeatures: $0.adapter.outFeatures, pissa: $0.adapter.initial != nil)
+                })
+                let bytes = Array(try JSONEncoder().encode(manifest))
+                try reply([Int64(bytes.count)])
+                try reply(bytes)
+            case .forward:
+                let (batch, length) = (Int(header[1]), Int(header[2]))
+                guard batch >= 0, length >= 0, batch <= RunConfig.Limits.tokens, length <= RunConfig.Limits.tokens,
+                      batch * length <= RunConfig.Limits.tokens else {
+                    throw KDError("rank \(student) sent its student stages a batch they cannot read (\(header))")
+                }
+                let training = header[3] != 0, detached = header[4] != 0
+                let ids = try receive(batch * length, Int32.self), mask = try receive(batch * length, UInt8.self)
+                let tokenBatch = TokenBatch(batchSize: batch, sequenceLength: length, inputIDs: ids, attentionMask: mask)
+                var input: Tensor?
+                if let previous {
+                    let x = try Tensor(uninitializedShape: [batch * length, part.spec.hiddenSize], on: part.firstDevice)
+                    try world.receive(into: x, from: previous, tag: activationTag)
+                    input = x
+                }
+                if training {
+                    for named in adapters {
+                        named.adapter.dropoutStream = Trainer.dropoutStream(
+                            seed: config.run.seed, step: Int(header[5]), micro: Int(header[6]), linear: named.name, replicas: peers)
+                    }
+                }
+                var output: Tensor?
+                try timed {
+                    output = try detached ? part.withLocalAdaptersDetached { try part.forward(tokenBatch, input: input, training: training) }
+                        : part.forward(tokenBatch, input: input, training: training)
+                }
+                try world.send(output!, to: next, tag: activationTag)
+                tokens = batch * length
+            case .backward:
+                let dOutput = try Tensor(uninitializedShape: [tokens, part.spec.hiddenSize], on: part.lastDevice)
+                try world.receive(into: dOutput, from: next, tag: gradientTag)
+                var dInput: Tensor?
+                try timed { dInput = try part.backward(dOutput) }
+                if let previous, let dInput { try world.send(dInput, to: previous, tag: gradientTag) }
+            case .zeroGradients:
+                for named in adapters { try named.adapter.zeroGradients() }
+            case .squareSums:
+                var sums: [Double] = []
+                try timed {
+                    if peers.size > 1 { try Trainer.sum(adapters, over: peers) }
+                    sums = optimizer!.gradientSquareSums()
+                }
+                try reply(([busy] + sums).map(\.bitPattern))
+                busy = 0
+            case .step:
+                let (norm, maxNorm, lr) = (Double(bitPattern: UInt64(bitPattern: header[1])),
+                                           Double(bitPattern: UInt64(bitPattern: header[2])),
+                                           Double(bitPattern: UInt64(bitPattern: header[3])))
+                timed {
+                    if maxNorm > 0 { optimizer!.clip(norm: norm, maxNorm: maxNorm) }
+                    optimizer!.step(lr: lr)
+                }
+            case .adapters:
+                for named in adapters {
+                    for tensor in [named.adapter.a, named.adapter.b] + (named.adapter.initial.map { [$0.a, $0.b] } ?? []) {
+                        try world.send(tensor, to: student, tag: replyTag)
+                    }
+                }
+            case .moments:
+                for slot in optimizer!.moments {
+                    try world.send(slot.average, to: student, tag: replyTag)
+                    try world.send(slot.averageSquare, to: student, tag: replyTag)
+                }
+            case .gradients:
+                for named in adapters {
+                    try world.send(named.adapter.gradA!, to: student, tag: replyTag)
+                    try world.send(named.adapter.gradB!, to: student, tag: replyTag)
+                }
+            }
+        }
+    }
+}
