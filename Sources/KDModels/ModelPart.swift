@@ -91,6 +91,30 @@ public final class ModelPart: AdaptedModel {
         return try CausalLM.finalNorm(try x.to(lastDevice), weight: finalNorm, spec: spec).normed
     }
 
+    /// What a checkpointed training forward keeps for `backward` (the context and each layer's
+    /// input), set aside while the part runs the next micro-batches' forwards (a pipeline stage).
+    public struct PendingBackward {
+        let context: ForwardContext
+        let inputs: [Tensor]
+    }
+
+    /// Takes what the last training forward kept for `backward`; it must have been checkpointed.
+    public func setAside() throws -> PendingBackward {
+        guard let context = trainingContext else { throw KDError("model part: nothing to set aside without a training forward") }
+        let inputs = layers.compactMap { $0.takeKeptInput() }
+        guard inputs.count == layers.count else {
+            throw KDError("model part: only a checkpointed training forward can be set aside")
+        }
+        trainingContext = nil
+        return PendingBackward(context: context, inputs: inputs)
+    }
+
+    /// Puts back what `setAside` took, for its `backward`.
+    public func restore(_ pending: PendingBackward) {
+        for (layer, input) in zip(layers, pending.inputs) { layer.keepInput(input) }
+        trainingContext = pending.context
+    }
+
     /// Backward from d(the part's output) [tokens, hidden] through its layers in reverse, as
     /// `CausalLM.backward` runs them (a checkpointed layer recomputes first); the adapters'
     /// gradients accumulate. Returns d(its input) on its first device, or nil for the first part

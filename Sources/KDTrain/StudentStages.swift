@@ -48,15 +48,25 @@ public final class StudentStages: RemoteStages {
     let settings: LoRASettings
     /// The step and micro-batch the next training forward draws its dropout masks for.
     var dropoutKey = (step: 0, micro: 0)
+    /// Whether training forwards may be requested ahead (`prefetch`): the parts then run the next
+    /// micro-batches' forwards while this rank and they finish the current one's (GPipe), which
+    /// needs activation checkpointing (a part sets aside only the layers' inputs).
+    let pipelined: Bool
     private var manifests: [Manifest] = []
-    private var forwardTokens = 0
+    /// Forwards requested ahead whose output has not been received (tokens, target device), and
+    /// outputs received ahead; both in request order.
+    private var requested: [(tokens: Int, device: Device)] = []
+    private var arrived: [Tensor] = []
+    /// Tokens of the training forwards whose backward is still to come, in order.
+    private var awaitingBackward: [Int] = []
     private let lock = NSLock()
     private var received = 0
     /// Bytes the parts have sent this rank.
     public var bytesReceived: Int { lock.withLock { received } }
 
     /// The student's stages on `ranks` of `communicator`, the first `stageCount` of its placement.
-    init(communicator: Communicator, ranks: [Int], stageCount: Int, spec: ModelSpec, settings: LoRASettings) {
+    init(communicator: Communicator, ranks: [Int], stageCount: Int, spec: ModelSpec, settings: LoRASettings, pipelined: Bool) {
+        self.pipelined = pipelined
         self.communicator = communicator
         self.ranks = ranks
         self.stageCount = stageCount
@@ -99,21 +109,56 @@ public final class StudentStages: RemoteStages {
         }
     }
 
-    public func forward(_ batch: TokenBatch, training: Bool, onto device: Device) throws -> Tensor {
+    private func requestForward(_ batch: TokenBatch, training: Bool, key: (step: Int, micro: Int)) throws {
         try request(.forward, [Int64(batch.batchSize), Int64(batch.sequenceLength), training ? 1 : 0, adaptersDetached ? 1 : 0,
-                               Int64(dropoutKey.step), Int64(dropoutKey.micro)])
+                               Int64(key.step), Int64(key.micro)])
         for rank in ranks {
             try batch.inputIDs.withUnsafeBytes { try communicator.send($0, to: rank, tag: Self.requestTag) }
             try batch.attentionMask.withUnsafeBytes { try communicator.send($0, to: rank, tag: Self.requestTag) }
         }
-        let output = try Tensor(uninitializedShape: [batch.tokenCount, hidden], on: device)
+    }
+
+    /// Receives the output of the oldest forward requested ahead.
+    private func receiveRequested() throws -> Tensor {
+        let (tokens, device) = requested.removeFirst()
+        let output = try Tensor(uninitializedShape: [tokens, hidden], on: device)
         try receive(into: output, from: ranks[ranks.count - 1], tag: Self.activationTag)
-        forwardTokens = batch.tokenCount
+        return output
+    }
+
+    /// Requests the training forward of micro-batch `key.micro` of step `key.step` ahead of its
+    /// turn, its output to be received onto `device`: the next `forward` calls take the outputs
+    /// requested ahead, in order.
+    func prefetch(_ batch: TokenBatch, key: (step: Int, micro: Int), onto device: Device) throws {
+        precondition(pipelined, "student stages run forwards ahead only with activation checkpointing")
+        try requestForward(batch, training: true, key: key)
+        requested.append((batch.tokenCount, device))
+    }
+
+    public func forward(_ batch: TokenBatch, training: Bool, onto device: Device) throws -> Tensor {
+        let output: Tensor
+        if !arrived.isEmpty {
+            output = arrived.removeFirst()
+        } else if !requested.isEmpty {
+            output = try receiveRequested()
+        } else {
+            try requestForward(batch, training: training, key: dropoutKey)
+            requested.append((batch.tokenCount, device))
+            output = try receiveRequested()
+        }
+        guard output.shape[0] == batch.tokenCount, training || awaitingBackward.isEmpty else {
+            throw KDError("student stages: a forward of \(batch.tokenCount) tokens does not match the one requested ahead")
+        }
+        if training { awaitingBackward.append(batch.tokenCount) }
         return output
     }
 
     public func backward(_ dOutput: Tensor) throws {
-        try requireShape(dOutput, [forwardTokens, hidden], "d(student stages' output)")
+        guard !awaitingBackward.isEmpty else { throw KDError("student stages: backward without a training forward") }
+        try requireShape(dOutput, [awaitingBackward.removeFirst(), hidden], "d(student stages' output)")
+        // The parts may be sending the outputs of forwards requested ahead: take them first, or
+        // both sides would wait in a send.
+        while !requested.isEmpty { arrived.append(try receiveRequested()) }
         try request(.backward)
         try communicator.send(dOutput, to: ranks[ranks.count - 1], tag: Self.gradientTag)
     }
@@ -234,8 +279,16 @@ public final class StudentStages: RemoteStages {
         func reply<T>(_ values: [T]) throws { try values.withUnsafeBytes { try world.send($0, to: student, tag: replyTag) } }
         var adapters: [NamedAdapter] = []
         var optimizer: AdamW?
-        var tokens = 0
+        // Training forwards whose backward is to come, in order: their tokens, dropout key and,
+        // when checkpointed, what they kept (set aside for the forwards run in between).
+        var pending: [(tokens: Int, step: Int, micro: Int, kept: ModelPart.PendingBackward?)] = []
         var busy = 0.0
+        func setDropout(step: Int, micro: Int) {
+            for named in adapters {
+                named.adapter.dropoutStream = Trainer.dropoutStream(
+                    seed: config.run.seed, step: step, micro: micro, linear: named.name, replicas: peers)
+            }
+        }
         func timed(_ body: () throws -> Void) rethrows {
             let start = ContinuousClock.now
             try body()
@@ -285,24 +338,34 @@ public final class StudentStages: RemoteStages {
                     try world.receive(into: x, from: previous, tag: activationTag)
                     input = x
                 }
-                if training {
-                    for named in adapters {
-                        named.adapter.dropoutStream = Trainer.dropoutStream(
-                            seed: config.run.seed, step: Int(header[5]), micro: Int(header[6]), linear: named.name, replicas: peers)
-                    }
-                }
+                guard header[5] >= 0, header[6] >= 0 else { throw KDError("rank \(student) sent a negative dropout key") }
+                let (step, micro) = (Int(header[5]), Int(header[6]))
+                if training { setDropout(step: step, micro: micro) }
                 var output: Tensor?
                 try timed {
                     output = try detached ? part.withLocalAdaptersDetached { try part.forward(tokenBatch, input: input, training: training) }
                         : part.forward(tokenBatch, input: input, training: training)
+                    if training {
+                        // Checkpointed, the forward's inputs wait aside while later forwards run.
+                        let kept = config.train.activationCheckpointing ? try part.setAside() : nil
+                        pending.append((batch * length, step, micro, kept))
+                    }
                 }
                 try world.send(output!, to: next, tag: activationTag)
-                tokens = batch * length
             case .backward:
-                let dOutput = try Tensor(uninitializedShape: [tokens, part.spec.hiddenSize], on: part.lastDevice)
+                guard !pending.isEmpty else { throw KDError("rank \(student) asked for a backward without a training forward") }
+                let forward = pending.removeFirst()
+                guard forward.kept != nil || pending.isEmpty else {
+                    throw KDError("rank \(student) ran forwards ahead without activation checkpointing")
+                }
+                let dOutput = try Tensor(uninitializedShape: [forward.tokens, part.spec.hiddenSize], on: part.lastDevice)
                 try world.receive(into: dOutput, from: next, tag: gradientTag)
                 var dInput: Tensor?
-                try timed { dInput = try part.backward(dOutput) }
+                try timed {
+                    if let kept = forward.kept { part.restore(kept) }
+                    setDropout(step: forward.step, micro: forward.micro)
+                    dInput = try part.backward(dOutput)
+                }
                 if let previous, let dInput { try world.send(dInput, to: previous, tag: gradientTag) }
             case .zeroGradients:
                 for named in adapters { try named.adapter.zeroGradients() }

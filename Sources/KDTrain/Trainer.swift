@@ -124,7 +124,8 @@ public struct RunModels {
             let here = layout.deviceRanks[config.student.devices.last!]
             stages = StudentStages(communicator: layout.world, ranks: layout.studentPartRanks,
                                    stageCount: config.student.devices.filter { layout.deviceRanks[$0] != here }.count,
-                                   spec: plan.student.spec, settings: config.lora)
+                                   spec: plan.student.spec, settings: config.lora,
+                                   pipelined: config.train.activationCheckpointing)
         }
         let student = try CausalLM.load(try Checkpoint(directory: config.student.path),
                                         on: try DeviceGroup(config.student.devices.map { devices.devices[$0] }),
@@ -301,7 +302,17 @@ public final class Trainer {
         let stages = models.studentStages
         try stages?.zeroGradients()
         var totals = DistillationLoss.Totals()
+        var requestedAhead = -1
         for (micro, batch) in batches.enumerated() where batch.batchSize > 0 {
+            if let stages, stages.pipelined {
+                // The student's first stages run the next micro-batch's forward while this one
+                // finishes, here and in their backward (GPipe).
+                for ahead in [micro] + [batches[(micro + 1)...].firstIndex { $0.batchSize > 0 }].compactMap({ $0 })
+                where ahead > requestedAhead {
+                    try stages.prefetch(DistillationPass.tokens(batches[ahead]), key: (step, ahead), onto: student.firstDevice)
+                    requestedAhead = ahead
+                }
+            }
             for named in adapters {
                 named.adapter.dropoutStream = Self.dropoutStream(
                     seed: config.run.seed, step: step, micro: micro, linear: named.name, replicas: communicator)

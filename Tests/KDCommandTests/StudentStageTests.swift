@@ -64,6 +64,27 @@ import KDCore
         }
     }
 
+    /// With activation checkpointing, the first stages run the next micro-batches' forwards while
+    /// the student's rank finishes the current one (GPipe: each part sets aside the layers' inputs
+    /// of the forwards whose backward is still to come). Four micro-batches a step, dropout on, the
+    /// student over 2 and over 3 ranks (parts passing activations and gradients to each other):
+    /// the one process's numbers and files, byte for byte.
+    @Test(arguments: [2, 3])
+    func pipelinedMicroBatchesGiveTheSingleProcessBits(studentRanks: Int) throws {
+        let dir = KDProcess.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let extra = ["--set", "devices.count=\(studentRanks + 1)", "--set", "teacher.devices=[0]",
+                     "--set", "student.devices=[\((1...studentRanks).map(String.init).joined(separator: ","))]",
+                     "--set", "train.grad_accum_steps=4", "--set", "train.activation_checkpointing=true", "--save-gradients"]
+        let alone = try KDProcess.run(TrainRunTests.arguments(dir + "/alone", steps: 2, extra: extra))
+        #expect(alone.status == 0, "\(alone.stderr)")
+        let split = try KDProcess.run(TrainRunTests.arguments(dir + "/split", steps: 2, extra: extra), ranks: studentRanks + 1)
+        #expect(split.status == 0, "\(split.stderr)")
+        let lines = { (text: String) in text.split(separator: "\n").map { KDProcess.json(String($0)) } }
+        #expect(lines(alone.stdout).count == 2 && TeacherRankTests.sameNumbers(lines(alone.stdout), lines(split.stdout), transfers: false))
+        Self.expectSameFiles(dir + "/alone", dir + "/split", TeacherRankTests.files)
+    }
+
     /// Two replicas of a teacher rank and a student split over two ranks (6 ranks) equal two
     /// replicas each holding everything on one rank: a part sums its gradients with its
     /// counterpart in the other replica, in rank order, as the student's ranks do.

@@ -74,6 +74,18 @@ public final class DecoderLayer {
         return Activations(input: input, inputInverseRMS: inputInverseRMS, middle: middle, middleInverseRMS: middleInverseRMS)
     }
 
+    /// Hands out the input a checkpointed training forward kept (nil when it kept nothing or
+    /// everything), so that the layer can run another micro-batch's forward before this one's
+    /// backward (a pipeline stage); `keepInput` gives it back.
+    public func takeKeptInput() -> Tensor? {
+        guard case .input(let input) = saved else { return nil }
+        saved = nil
+        return input
+    }
+
+    /// Makes `input` the kept input of a checkpointed training forward again (see `takeKeptInput`).
+    public func keepInput(_ input: Tensor) { saved = .input(input) }
+
     /// A layer that kept only its input runs its training forward again from it, now keeping
     /// everything its backward reads; a layer that kept everything has nothing to do.
     public func recompute(context: ForwardContext) throws {
