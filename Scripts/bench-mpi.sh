@@ -4,14 +4,19 @@
 # the same batch per replica. MODE stages: one process running teacher and student in turn on one
 # core against a teacher rank and a student rank (devices.ranks [0, 1]) on one core each, the
 # teacher working on the next micro-batch while the student trains on this one; 4 micro-batches
-# (grad_accum_steps) of 1 × 256 a step. Models: random bf16 Qwen3-1.7B → Qwen3-0.6B shapes cut to 3 layers each (kd init),
+# (grad_accum_steps) of 1 × 256 a step. MODE student: the student's two stages (devices 0 and 1)
+# in one process on one core against a rank each (devices.ranks [0, 1]), the first stage running
+# the next micro-batch's forward while the second finishes this one (GPipe); 4 micro-batches of
+# 1 × 128 a step, the teacher read from a top-16 cache made first (so only the student runs), and
+# a student whose stages carry equal work: Qwen3-0.6B's layer shape, 4 layers, vocabulary 8,192.
+# Models otherwise: random bf16 Qwen3-1.7B → Qwen3-0.6B shapes cut to 3 layers each (kd init),
 # vocabulary 151,936, LoRA r=16 on all seven projections, 1 × 256 tokens per replica, every
 # position scored, activation checkpointing on, run.threads 1 in every process.
 # Each process runs STEPS + 1 optimizer steps; the first is not timed. Tokens/s is the step's
 # tokens (both replicas' for two) over its time, from the run's metrics.jsonl; the median over
 # steps, then the median over ROUNDS alternating runs. bytes_sent is what all ranks sent each
 # other per step (the summed LoRA gradients, the totals and the stop check).
-# Usage: Scripts/bench-mpi.sh [STEPS] [ROUNDS] [data|stages]   (defaults 3, 2, data)
+# Usage: Scripts/bench-mpi.sh [STEPS] [ROUNDS] [data|stages|student]   (defaults 3, 2, data)
 set -euo pipefail
 steps=${1:-3}
 rounds=${2:-2}
@@ -19,33 +24,49 @@ mode=${3:-data}
 . "$(dirname "$0")/bench-setup.sh" bench-mpi
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_btl_vader_single_copy_mechanism=none
 
-[ -d "$work/teacher" ] || $kd init --preset qwen3-1.7b --set num_hidden_layers=3 --dtype bf16 --output "$work/teacher" --seed 1
-[ -d "$work/student" ] || $kd init --preset qwen3-0.6b --set num_hidden_layers=3 --dtype bf16 --output "$work/student" --seed 2
-python3 - "$work" <<'PY'
+if [ "$mode" = student ]; then
+  work=$work/student
+  mkdir -p "$work"
+  vocab=8192 length=128 teacher_layers=1 student_layers=4
+else
+  vocab=151936 length=256 teacher_layers=3 student_layers=3
+fi
+shape=$([ "$mode" = student ] && echo "--set vocab_size=$vocab" || true)
+[ -d "$work/teacher" ] || $kd init --preset qwen3-1.7b --set num_hidden_layers=$teacher_layers $shape --dtype bf16 --output "$work/teacher" --seed 1
+[ -d "$work/student" ] || $kd init --preset qwen3-0.6b --set num_hidden_layers=$student_layers $shape --dtype bf16 --output "$work/student" --seed 2
+python3 - "$work" "$vocab" "$length" <<'PY'
 import json, random, sys
 random.seed(0)
+vocab, length = int(sys.argv[2]), int(sys.argv[3])
 with open(f"{sys.argv[1]}/tokens.jsonl", "w") as f:
     for _ in range(8):
-        f.write(json.dumps({"input_ids": [random.randrange(151643) for _ in range(256)]}) + "\n")
+        f.write(json.dumps({"input_ids": [random.randrange(min(vocab, 151643)) for _ in range(length)]}) + "\n")
 PY
 
 run() {  # ranks round: one JSON line
   local ranks=$1 out="$work/run-$mode-$1-$2"
   local replicas=$([ "$mode" = data ] && echo "$ranks" || echo 1)
   local accum=$([ "$mode" = data ] && echo 1 || echo 4)
-  local placement=$([ "$mode" = stages ] && [ "$ranks" = 2 ] && echo "[0, 1]" || echo null)
+  local placement=$([ "$mode" != data ] && [ "$ranks" = 2 ] && echo "[0, 1]" || echo null)
+  local students=$([ "$mode" = student ] && echo "[0, 1]" || echo "[1]")
+  local cache=$([ "$mode" = student ] && echo "$work/cache" || echo null)
   rm -rf "$out"
   cat > "$work/run-$1.yaml" <<YAML
 run: {output_dir: $out, seed: 1, threads: 1, data_parallel: $replicas}
 devices: {count: 2, ranks: $placement}
 teacher: {path: $work/teacher, devices: [0]}
-student: {path: $work/student, devices: [1]}
+student: {path: $work/student, devices: $students}
 lora: {r: 16, alpha: 32, dropout: 0.0}
 distill: {alpha: 0.8, temperature: 2.0}
-data: {train: $work/tokens.jsonl, format: tokens, shuffle: false}
+data: {train: $work/tokens.jsonl, format: tokens, shuffle: false, teacher_cache: $cache}
 train: {max_steps: $((steps + 1)), batch_size: $replicas, grad_accum_steps: $accum, lr: 1.0e-4, lr_schedule: constant, warmup_steps: 0, activation_checkpointing: true}
 checkpoint: {every_steps: 0, keep_last: 1}
 YAML
+  if [ "$mode" = student ] && [ ! -f "$work/cache/manifest.json" ]; then
+    sed 's/teacher_cache: [^,}]*/teacher_cache: null/' "$work/run-$1.yaml" > "$work/cache.yaml"
+    $kd teacher-cache --config "$work/cache.yaml" --top-k 16 --output "$work/cache" >/dev/null 2>"$work/cache.log" \
+      || { cat "$work/cache.log" >&2; exit 1; }
+  fi
   if [ "$ranks" = 1 ]; then
     $kd train --config "$work/run-$1.yaml" >/dev/null 2>"$out.log" || { cat "$out.log" >&2; exit 1; }
   else
