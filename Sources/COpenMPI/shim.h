@@ -55,6 +55,14 @@ static inline int kd_mpi_send_bytes(MPI_Comm comm, const void *buffer, int count
     return MPI_Send(buffer, count, MPI_BYTE, destination, tag, comm);
 }
 
+/// Starts sending `count` bytes; the buffer must stay as it is until `kd_mpi_wait` on `request` returns.
+static inline int kd_mpi_isend_bytes(MPI_Comm comm, const void *buffer, int count, int destination, int tag,
+                                     MPI_Request *request) {
+    return MPI_Isend(buffer, count, MPI_BYTE, destination, tag, comm, request);
+}
+
+static inline int kd_mpi_wait(MPI_Request *request) { return MPI_Wait(request, MPI_STATUS_IGNORE); }
+
 static inline int kd_mpi_receive_bytes(MPI_Comm comm, void *buffer, int count, int source, int tag) {
     return MPI_Recv(buffer, count, MPI_BYTE, source, tag, comm, MPI_STATUS_IGNORE);
 }

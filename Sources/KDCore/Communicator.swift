@@ -104,7 +104,7 @@ public final class Communicator: @unchecked Sendable {
 
     private func count(_ bytes: Int) { lock.withLock { sent += bytes } }
 
-    private static func check(_ code: Int32, _ what: String) throws {
+    fileprivate static func check(_ code: Int32, _ what: String) throws {
         guard code != 0 else { return }
         var text = [CChar](repeating: 0, count: Int(MPI_MAX_ERROR_STRING) + 1)
         var length: Int32 = 0
@@ -175,6 +175,46 @@ public final class Communicator: @unchecked Sendable {
                            "sending to rank \(destination)")
         }
         count(bytes.count)
+    }
+
+    /// A message on its way: its own copy of the bytes, kept until `wait` returns.
+    public final class PendingSend {
+        private let buffer: UnsafeMutableRawBufferPointer
+        private var request: MPI_Request? = nil
+        private var done = false
+
+        fileprivate init(_ bytes: UnsafeRawBufferPointer, to destination: Int, tag: Int, comm: MPI_Comm) throws {
+            buffer = .allocate(byteCount: max(1, bytes.count), alignment: 16)
+            buffer.copyMemory(from: bytes)
+            do {
+                try Communicator.check(kd_mpi_isend_bytes(comm, buffer.baseAddress, Int32(bytes.count), Int32(destination),
+                                                          Int32(tag), &request), "sending to rank \(destination)")
+            } catch {
+                buffer.deallocate()
+                throw error
+            }
+        }
+
+        /// Returns once the message has left (its copy may be freed).
+        public func wait() throws {
+            guard !done else { return }
+            done = true
+            defer { buffer.deallocate() }
+            try Communicator.check(kd_mpi_wait(&request), "sending")
+        }
+
+        deinit { if !done { try? wait() } }
+    }
+
+    /// Starts sending a copy of `bytes` (at most `largestMessage`) to rank `destination` with
+    /// `tag` and returns at once: the caller goes on while the message travels, in order with the
+    /// others to that rank and tag. `wait` on the result before relying on its arrival.
+    public func startSend(_ bytes: UnsafeRawBufferPointer, to destination: Int, tag: Int) throws -> PendingSend {
+        guard let comm else { throw KDError("MPI: a send needs an MPI job") }
+        guard bytes.count <= Self.largestMessage else { throw KDError("MPI: a message of \(bytes.count) bytes is too large to start") }
+        let pending = try PendingSend(bytes, to: destination, tag: tag, comm: comm)
+        count(bytes.count)
+        return pending
     }
 
     /// Receives exactly `bytes.count` bytes that rank `source` sent with `send(_:to:tag:)`.

@@ -55,7 +55,7 @@ public final class StudentStages: RemoteStages {
     private var manifests: [Manifest] = []
     /// Forwards requested ahead whose output has not been received (tokens, target device), and
     /// outputs received ahead; both in request order.
-    private var requested: [(tokens: Int, device: Device)] = []
+    private var requested: [(tokens: Int, device: Device, sends: [Communicator.PendingSend])] = []
     private var arrived: [Tensor] = []
     /// Tokens of the training forwards whose backward is still to come, in order.
     private var awaitingBackward: [Int] = []
@@ -74,9 +74,10 @@ public final class StudentStages: RemoteStages {
         self.settings = settings
     }
 
-    private func request(_ kind: Request, _ arguments: [Int64] = [], to parts: [Int]? = nil) throws {
+
+    private func request(_ kind: Request, _ arguments: [Int64] = []) throws {
         let header = [kind.rawValue] + arguments + [Int64](repeating: 0, count: 7 - arguments.count)
-        for rank in parts ?? ranks { try header.withUnsafeBytes { try communicator.send($0, to: rank, tag: Self.requestTag) } }
+        for rank in ranks { try header.withUnsafeBytes { try communicator.send($0, to: rank, tag: Self.requestTag) } }
     }
 
     private func receive(into tensor: Tensor, from rank: Int, tag: Int = replyTag) throws {
@@ -109,20 +110,27 @@ public final class StudentStages: RemoteStages {
         }
     }
 
-    private func requestForward(_ batch: TokenBatch, training: Bool, key: (step: Int, micro: Int)) throws {
-        try request(.forward, [Int64(batch.batchSize), Int64(batch.sequenceLength), training ? 1 : 0, adaptersDetached ? 1 : 0,
-                               Int64(key.step), Int64(key.micro)])
+    /// Sends the parts a forward's request without waiting for them to take it (they may be busy
+    /// with a backward, and a send, however small, can wait for its receiver).
+    private func requestForward(_ batch: TokenBatch, training: Bool, key: (step: Int, micro: Int), onto device: Device) throws {
+        var started: [Communicator.PendingSend] = []
+        let header = [Request.forward.rawValue, Int64(batch.batchSize), Int64(batch.sequenceLength), training ? 1 : 0,
+                      adaptersDetached ? 1 : 0, Int64(key.step), Int64(key.micro), 0]
         for rank in ranks {
-            try batch.inputIDs.withUnsafeBytes { try communicator.send($0, to: rank, tag: Self.requestTag) }
-            try batch.attentionMask.withUnsafeBytes { try communicator.send($0, to: rank, tag: Self.requestTag) }
+            started.append(try header.withUnsafeBytes { try communicator.startSend($0, to: rank, tag: Self.requestTag) })
+            started.append(try batch.inputIDs.withUnsafeBytes { try communicator.startSend($0, to: rank, tag: Self.requestTag) })
+            started.append(try batch.attentionMask.withUnsafeBytes { try communicator.startSend($0, to: rank, tag: Self.requestTag) })
         }
+        requested.append((batch.tokenCount, device, started))
     }
 
     /// Receives the output of the oldest forward requested ahead.
     private func receiveRequested() throws -> Tensor {
-        let (tokens, device) = requested.removeFirst()
+        let (tokens, device, sends) = requested.removeFirst()
+        // The parts have taken the request by the time its output arrives.
         let output = try Tensor(uninitializedShape: [tokens, hidden], on: device)
         try receive(into: output, from: ranks[ranks.count - 1], tag: Self.activationTag)
+        for send in sends { try send.wait() }
         return output
     }
 
@@ -131,8 +139,7 @@ public final class StudentStages: RemoteStages {
     /// requested ahead, in order.
     func prefetch(_ batch: TokenBatch, key: (step: Int, micro: Int), onto device: Device) throws {
         precondition(pipelined, "student stages run forwards ahead only with activation checkpointing")
-        try requestForward(batch, training: true, key: key)
-        requested.append((batch.tokenCount, device))
+        try requestForward(batch, training: true, key: key, onto: device)
     }
 
     public func forward(_ batch: TokenBatch, training: Bool, onto device: Device) throws -> Tensor {
@@ -142,8 +149,7 @@ public final class StudentStages: RemoteStages {
         } else if !requested.isEmpty {
             output = try receiveRequested()
         } else {
-            try requestForward(batch, training: training, key: dropoutKey)
-            requested.append((batch.tokenCount, device))
+            try requestForward(batch, training: training, key: dropoutKey, onto: device)
             output = try receiveRequested()
         }
         guard output.shape[0] == batch.tokenCount, training || awaitingBackward.isEmpty else {
