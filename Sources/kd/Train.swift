@@ -33,6 +33,12 @@ struct Train: KDCommand {
         let run = try RunConfig.load(path: config, overrides: overrides)
         let layout = try RankLayout(config: run)
         Console.speaks = layout.writes
+        if !layout.holdsStudent {
+            // A rank that serves the student's rank ends when that rank lets it go: a stop asked of
+            // every rank (mpirun forwards SIGINT and SIGTERM to all) is the student's rank's to carry out.
+            signal(SIGINT, SIG_IGN)
+            signal(SIGTERM, SIG_IGN)
+        }
         if layout.holdsStudentPart {
             // A rank that holds the student's first stages serves the student's rank until the run ends there.
             try StudentStages.serve(config: run, layout: layout) { Console.info($0) }

@@ -157,22 +157,24 @@ import KDModels
         try Self.stopOneRank(1, extra)
     }
 
-    /// Starts a 2-rank run with `extra` settings, sends SIGTERM to `rank` after the first step,
-    /// and expects exit 143 and the checkpoint of the step it stopped at. A watchdog ends a job
-    /// that is not over 30 s later.
-    static func stopOneRank(_ rank: Int, _ extra: [String]) throws {
+    /// Starts a run of `ranks` ranks with `extra` settings, sends SIGTERM to each rank of `signalled`
+    /// after the first step, and expects exit 143 and the checkpoint of the step it stopped at. A
+    /// watchdog ends a job that is not over 30 s later.
+    static func stopOneRank(_ rank: Int, _ extra: [String]) throws { try stopRanks([rank], of: 2, extra) }
+
+    static func stopRanks(_ signalled: [Int], of count: Int, _ extra: [String]) throws {
         let dir = KDProcess.temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let run = dir + "/run"
         let err = Pipe()
-        let process = try KDProcess.start(TrainRunTests.arguments(run, steps: 100_000, extra: extra), ranks: 2, stderr: err)
+        let process = try KDProcess.start(TrainRunTests.arguments(run, steps: 100_000, extra: extra), ranks: count, stderr: err)
         defer { if process.isRunning { process.terminate() } }
         while (try? String(contentsOfFile: run + "/metrics.jsonl", encoding: .utf8))?.contains("\n") != true {
             try #require(process.isRunning, "the run ended before its first step")
             usleep(10_000)
         }
         let ranks = Self.ranks(of: process.processIdentifier)
-        kill(try #require(ranks[rank], "mpirun's children: \(ranks)"), SIGTERM)
+        for rank in signalled { kill(try #require(ranks[rank], "mpirun's children: \(ranks)"), SIGTERM) }
         let mpirun = process.processIdentifier
         DispatchQueue.global().asyncAfter(deadline: .now() + 30) { if process.isRunning { kill(mpirun, SIGKILL) } }
         let errorText = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)

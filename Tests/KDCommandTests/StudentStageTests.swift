@@ -117,6 +117,13 @@ import KDCore
         #expect(result.stderr.contains(message), "\(result.stderr)")
     }
 
+    /// SIGTERM to every rank (`pkill -TERM -f 'kd train'`) of a job with a teacher rank and the
+    /// student over two: the ranks that serve the student's rank wait for it to let them go, so the
+    /// run stops in order, with its checkpoint, and exits 143.
+    @Test func aSignalToEveryRankStopsASplitRunInOrder() throws {
+        try DataParallelTests.stopRanks([0, 1, 2], of: 3, Self.devices(teacher: 1) + ["--set", "checkpoint.every_steps=1000"])
+    }
+
     /// SIGKILL on a rank holding the student's first stages, while the student's rank waits for
     /// their output, ends the job non-zero within 10 s, leaving the checkpoints whole.
     @Test func aKilledStudentStageRankEndsTheJob() throws {
