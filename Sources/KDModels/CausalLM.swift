@@ -73,8 +73,6 @@ public final class CausalLM: AdaptedModel {
 
     /// The stages held in this process.
     var localStages: ArraySlice<Placement.Stage> { placement.stages[(upstream?.stageCount ?? 0)...] }
-    /// The index of the first decoder layer held here.
-    var firstLayer: Int { localStages.first { !$0.layers.isEmpty }?.layers.lowerBound ?? spec.numLayers }
 
     /// The weights of `stages` (consecutive, in order), each loaded onto its device of `group`.
     static func loadStages(_ stages: [Placement.Stage], from checkpoint: Checkpoint, on group: DeviceGroup, dtype: WeightDType)
@@ -227,17 +225,50 @@ public final class CausalLM: AdaptedModel {
     /// Runs `layer(x)` for every decoder layer held here, stage by stage on each stage's device
     /// thread, moving the activations across with `to()`; returns them on the last device.
     func throughLayers(_ input: Tensor, _ layer: @escaping (DecoderLayer, Tensor) throws -> Void) throws -> Tensor {
+        let x = try Self.forward(input, through: localStages, layers: layers, group: group, move: { [self] in try move($0, to: $1) }, layer)
+        return try move(x, to: lastDevice)
+    }
+
+    /// Runs `layer(x)` for each of `layers`, the decoder layers of `stages` in order, stage by
+    /// stage on each stage's device thread, moving `x` onto it with `move` first; returns `x` as
+    /// the last stage with layers leaves it.
+    static func forward(_ input: Tensor, through stages: some Sequence<Placement.Stage>, layers: [DecoderLayer], group: DeviceGroup,
+                        move: (Tensor, Device) throws -> Tensor, _ layer: @escaping (DecoderLayer, Tensor) throws -> Void) throws -> Tensor {
         var x = input
-        let first = firstLayer
-        for stage in localStages where !stage.layers.isEmpty {
+        let first = layers.first?.index ?? 0
+        for stage in stages where !stage.layers.isEmpty {
             let device = group.devices[stage.deviceIndex]
-            x = try move(x, to: device)
+            x = try move(x, device)
             let current = x
-            try device.run { [self] in
+            try device.run {
                 for index in stage.layers { try layer(layers[index - first], current) }
             }
         }
-        return try move(x, to: lastDevice)
+        return x
+    }
+
+    /// Backward from d(output) `dOutput` through `layers`, the decoder layers of `stages` in
+    /// order, stage by stage in reverse on each stage's device thread (moving the gradient with
+    /// `move`): each layer recomputes its forward if it was checkpointed (timed as "recompute"),
+    /// then forms d(input) in place (as "backward"; not for layer 0, as embeddings do not train)
+    /// and accumulates its adapters' gradients. Returns d(input of the first layer).
+    static func backward(_ dOutput: Tensor, through stages: some BidirectionalCollection<Placement.Stage>, layers: [DecoderLayer],
+                         group: DeviceGroup, context: ForwardContext, move: (Tensor, Device) throws -> Tensor,
+                         timed: @escaping (String, () throws -> Void) throws -> Void) throws -> Tensor {
+        var dx = dOutput
+        let first = layers.first?.index ?? 0
+        for stage in stages.reversed() where !stage.layers.isEmpty {
+            let device = group.devices[stage.deviceIndex]
+            dx = try move(dx, device)
+            let gradient = dx
+            try device.run {
+                for layer in layers[(stage.layers.lowerBound - first)..<(stage.layers.upperBound - first)].reversed() {
+                    try timed("recompute") { try layer.recompute(context: context) }
+                    try timed("backward") { try layer.backward(gradient, context: context, inputGradient: layer.index > 0) }
+                }
+            }
+        }
+        return dx
     }
 
     /// Backward from d(final hidden states) [rows, hidden] on the last device through every
@@ -247,25 +278,15 @@ public final class CausalLM: AdaptedModel {
         guard let state = trainingState else { throw KDError("backward without a training forward pass") }
         trainingState = nil
         let rows = state.context.rows, hidden = spec.hiddenSize
-        var dx = try lastDevice.run { [self] in
+        let dOutput = try lastDevice.run { [self] in
             let dx = try Tensor(uninitializedShape: [rows, hidden], on: lastDevice)
             Kernels.rmsNormBackward(dHidden.data, x: state.finalInput.data, weight: finalNorm.data,
                                     inverseRMS: state.finalInverseRMS.data, rows: rows, cols: hidden, into: dx.data,
                                     accumulate: false)
             return dx
         }
-        let first = firstLayer
-        for stage in localStages.reversed() where !stage.layers.isEmpty {
-            let device = group.devices[stage.deviceIndex]
-            dx = try move(dx, to: device)
-            let gradient = dx
-            try device.run { [self] in
-                for layer in layers[(stage.layers.lowerBound - first)..<(stage.layers.upperBound - first)].reversed() {
-                    try timed("recompute") { try layer.recompute(context: state.context) }
-                    try timed("backward") { try layer.backward(gradient, context: state.context, inputGradient: layer.index > 0) }
-                }
-            }
-        }
+        let dx = try Self.backward(dOutput, through: localStages, layers: layers, group: group, context: state.context,
+                                   move: { [self] in try move($0, to: $1) }, timed: { [self] phase, body in try timed(phase, body) })
         // dx is now d(the input of the first layer held here), the stages upstream's output.
         if let upstream { try upstream.backward(try move(dx, to: firstDevice)) }
     }

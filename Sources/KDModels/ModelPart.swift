@@ -76,15 +76,8 @@ public final class ModelPart: AdaptedModel {
             try requireShape(input, [batch.tokenCount, spec.hiddenSize], "model part input")
             x = input
         }
-        var offset = 0
-        for stage in stages where !stage.layers.isEmpty {
-            let device = group.devices[stage.deviceIndex]
-            x = try x.to(device)
-            let current = x, first = offset
-            try device.run { [layers] in
-                for i in 0..<stage.layers.count { try layers[first + i].forward(current, context: context, training: training) }
-            }
-            offset += stage.layers.count
+        x = try CausalLM.forward(x, through: stages, layers: layers, group: group, move: { try $0.to($1) }) { layer, current in
+            try layer.forward(current, context: context, training: training)
         }
         trainingContext = training ? context : nil
         guard holdsLast, let finalNorm else { return x }
@@ -124,20 +117,8 @@ public final class ModelPart: AdaptedModel {
             throw KDError("model part backward without a training forward pass")
         }
         trainingContext = nil
-        var dx = dOutput
-        var end = layers.count
-        for stage in stages.reversed() where !stage.layers.isEmpty {
-            let device = group.devices[stage.deviceIndex]
-            dx = try dx.to(device)
-            let gradient = dx, first = end - stage.layers.count
-            try device.run { [layers] in
-                for layer in layers[first..<end].reversed() {
-                    try layer.recompute(context: context)
-                    try layer.backward(gradient, context: context, inputGradient: layer.index > 0)
-                }
-            }
-            end = first
-        }
+        let dx = try CausalLM.backward(dOutput, through: stages, layers: layers, group: group, context: context,
+                                       move: { try $0.to($1) }, timed: { _, body in try body() })
         return holdsFirst ? nil : try dx.to(firstDevice)
     }
 
