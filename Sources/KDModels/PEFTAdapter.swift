@@ -213,11 +213,7 @@ public enum PEFTAdapter {
     /// PiSSA adapter is written as the plain LoRA that gives the same model on the original
     /// weights, as PEFT converts it: A' = [A; A₀], B' = [B, −B₀], rank and alpha doubled (alpha
     /// times √2 with rank-stabilised scaling), so s' = s.
-    public static func save(_ model: some AdaptedModel, settings: LoRASettings, baseModel: String, to directory: String) throws {
-        try save(model.namedAdapters, settings: settings, baseModel: baseModel, to: directory)
-    }
-
-    /// Writes `adapters` (in the order given) as `save(_:settings:baseModel:to:)` does a model's.
+    /// `adapters` are a model's (`namedAdapters`, or gathered from its stages), in layer order.
     public static func save(_ adapters: [NamedAdapter], settings: LoRASettings, baseModel: String, to directory: String) throws {
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         let converted = adapters.contains { $0.adapter.initial != nil }

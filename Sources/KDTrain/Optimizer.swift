@@ -62,10 +62,8 @@ public final class AdamW {
                           exponentialAverageSquare: try Tensor.zeros(parameter.shape, on: parameter.device)))
     }
 
-    /// ‖g‖₂ over every gradient (torch's clip_grad_norm_ total), accumulated in f64.
-    public func gradientNorm() -> Double { Self.norm(squareSums: gradientSquareSums()) }
-
-    /// Σ g² of each slot's gradient, in slot order, accumulated in f64.
+    /// Σ g² of each slot's gradient, in slot order, accumulated in f64 (the terms of torch's
+    /// clip_grad_norm_ total, `norm(squareSums:)`).
     public func gradientSquareSums() -> [Double] {
         slots.map { slot in
             let g = slot.gradient()

@@ -34,19 +34,16 @@ struct Train: KDCommand {
         let layout = try RankLayout(config: run)
         Console.speaks = layout.writes
         if !layout.holdsStudent {
-            // A rank that serves the student's rank ends when that rank lets it go: a stop asked of
-            // every rank (mpirun forwards SIGINT and SIGTERM to all) is the student's rank's to carry out.
+            // A rank that holds the student's first stages, or only a teacher, serves its student's
+            // rank until that rank lets it go: a stop asked of every rank (mpirun forwards SIGINT and
+            // SIGTERM to all) is the student's rank's to carry out.
             signal(SIGINT, SIG_IGN)
             signal(SIGTERM, SIG_IGN)
-        }
-        if layout.holdsStudentPart {
-            // A rank that holds the student's first stages serves the student's rank until the run ends there.
-            try StudentStages.serve(config: run, layout: layout) { Console.info($0) }
-            return
-        }
-        if !layout.holdsStudent {
-            // A rank that holds only a teacher serves its student's rank until the run ends there.
-            try RemoteTeacher.serve(config: run, layout: layout) { Console.info($0) }
+            if layout.holdsStudentPart {
+                try StudentStages.serve(config: run, layout: layout) { Console.info($0) }
+            } else {
+                try RemoteTeacher.serve(config: run, layout: layout) { Console.info($0) }
+            }
             return
         }
         let resumeMode: TrainingRun.Resume? = resume.map { $0 == "auto" ? .auto : .directory($0) }

@@ -42,7 +42,7 @@ import KDCore
         let trained = try model.logits(batch)
         let dir = Fixtures.temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        try PEFTAdapter.save(model, settings: settings, baseModel: Self.model, to: dir)
+        try PEFTAdapter.save(model.namedAdapters, settings: settings, baseModel: Self.model, to: dir)
         let saved = try PEFTAdapter.settings(directory: dir)
         #expect(saved.r == 6 && saved.alpha == 12 && saved.scale == settings.scale)
         let reloaded = try CausalLM.load(try Checkpoint(directory: Self.model), on: try DeviceGroup.make(count: 1))
