@@ -226,6 +226,13 @@ public final class Communicator: @unchecked Sendable {
         }
     }
 
+    /// `count` integers that rank `source` sent as an array with `send(_:to:tag:)`.
+    public func receive<T: FixedWidthInteger>(_ count: Int, _ type: T.Type, from source: Int, tag: Int) throws -> [T] {
+        var values = [T](repeating: 0, count: count)
+        try values.withUnsafeMutableBytes { try receive(into: $0, from: source, tag: tag) }
+        return values
+    }
+
     /// Sends a tensor's bytes, from its device's thread (see `send(_:to:tag:)`).
     public func send(_ tensor: Tensor, to destination: Int, tag: Int) throws {
         try tensor.device.run {

@@ -75,10 +75,8 @@ public final class RemoteTeacher: @unchecked Sendable {
         let part = try layout.loadPart(config.teacher, role: "teacher", config: config, plan: plan, onLoad: onLoad)
         let previous = position > 0 ? layout.teacherRanks[position - 1] : nil
         let next = position + 1 < layout.teacherRanks.count ? layout.teacherRanks[position + 1] : nil
-        func receive<T>(_ count: Int, _ type: T.Type) throws -> [T] where T: FixedWidthInteger {
-            var values = [T](repeating: 0, count: count)
-            try values.withUnsafeMutableBytes { try communicator.receive(into: $0, from: student, tag: requestTag) }
-            return values
+        func receive<T: FixedWidthInteger>(_ count: Int, _ type: T.Type) throws -> [T] {
+            try communicator.receive(count, type, from: student, tag: requestTag)
         }
         let vocab = part.spec.vocabSize, hidden = part.spec.hiddenSize
         while true {

@@ -46,9 +46,7 @@ public final class StudentStages: RemoteStages {
     public var adaptersDetached = false
     let hidden: Int
     let settings: LoRASettings
-    /// The step and micro-batch the next training forward draws its dropout masks for.
-    var dropoutKey = (step: 0, micro: 0)
-    /// Whether training forwards may be requested ahead (`prefetch`): the parts then run the next
+    /// Whether training forwards may be requested ahead of their turn (`requestForward`): the parts then run the next
     /// micro-batches' forwards while this rank and they finish the current one's (GPipe), which
     /// needs activation checkpointing (a part sets aside only the layers' inputs).
     let pipelined: Bool
@@ -86,8 +84,7 @@ public final class StudentStages: RemoteStages {
     }
 
     private func receive<T: FixedWidthInteger>(_ count: Int, _ type: T.Type, from rank: Int) throws -> [T] {
-        var values = [T](repeating: 0, count: count)
-        try values.withUnsafeMutableBytes { try communicator.receive(into: $0, from: rank, tag: Self.replyTag) }
+        let values = try communicator.receive(count, type, from: rank, tag: Self.replyTag)
         lock.withLock { received += count * MemoryLayout<T>.stride }
         return values
     }
@@ -112,7 +109,7 @@ public final class StudentStages: RemoteStages {
 
     /// Sends the parts a forward's request without waiting for them to take it (they may be busy
     /// with a backward, and a send, however small, can wait for its receiver).
-    private func requestForward(_ batch: TokenBatch, training: Bool, key: (step: Int, micro: Int), onto device: Device) throws {
+    private func sendForward(_ batch: TokenBatch, training: Bool, key: (step: Int, micro: Int), onto device: Device) throws {
         var started: [Communicator.PendingSend] = []
         let header = [Request.forward.rawValue, Int64(batch.batchSize), Int64(batch.sequenceLength), training ? 1 : 0,
                       adaptersDetached ? 1 : 0, Int64(key.step), Int64(key.micro), 0]
@@ -134,12 +131,15 @@ public final class StudentStages: RemoteStages {
         return output
     }
 
-    /// Requests the training forward of micro-batch `key.micro` of step `key.step` ahead of its
-    /// turn, its output to be received onto `device`: the next `forward` calls take the outputs
-    /// requested ahead, in order.
-    func prefetch(_ batch: TokenBatch, key: (step: Int, micro: Int), onto device: Device) throws {
-        precondition(pipelined, "student stages run forwards ahead only with activation checkpointing")
-        try requestForward(batch, training: true, key: key, onto: device)
+    /// Requests the training forward of micro-batch `key.micro` of step `key.step` (whose dropout
+    /// masks the key draws), its output to be received onto `device`: the next training `forward`
+    /// calls take the outputs requested, in order. Only a pipelined run requests one before the
+    /// last one's backward.
+    func requestForward(_ batch: TokenBatch, key: (step: Int, micro: Int), onto device: Device) throws {
+        guard pipelined || (requested.isEmpty && awaitingBackward.isEmpty) else {
+            throw KDError("student stages run forwards ahead only with activation checkpointing")
+        }
+        try sendForward(batch, training: true, key: key, onto: device)
     }
 
     public func forward(_ batch: TokenBatch, training: Bool, onto device: Device) throws -> Tensor {
@@ -149,7 +149,9 @@ public final class StudentStages: RemoteStages {
         } else if !requested.isEmpty {
             output = try receiveRequested()
         } else {
-            try requestForward(batch, training: training, key: dropoutKey, onto: device)
+            // A training forward comes requested, with its dropout key; one without (evaluation) draws no masks.
+            guard !training else { throw KDError("student stages: a training forward must be requested first (requestForward)") }
+            try sendForward(batch, training: false, key: (0, 0), onto: device)
             output = try receiveRequested()
         }
         guard output.shape[0] == batch.tokenCount, training || awaitingBackward.isEmpty else {
@@ -278,9 +280,7 @@ public final class StudentStages: RemoteStages {
         let previous = position > 0 ? layout.studentPartRanks[position - 1] : nil
         let next = position + 1 < layout.studentPartRanks.count ? layout.studentPartRanks[position + 1] : student
         func receive<T: FixedWidthInteger>(_ count: Int, _ type: T.Type) throws -> [T] {
-            var values = [T](repeating: 0, count: count)
-            try values.withUnsafeMutableBytes { try world.receive(into: $0, from: student, tag: requestTag) }
-            return values
+            try world.receive(count, type, from: student, tag: requestTag)
         }
         func reply<T>(_ values: [T]) throws { try values.withUnsafeBytes { try world.send($0, to: student, tag: replyTag) } }
         var adapters: [NamedAdapter] = []

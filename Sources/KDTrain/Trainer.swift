@@ -304,12 +304,13 @@ public final class Trainer {
         var totals = DistillationLoss.Totals()
         var requestedAhead = -1
         for (micro, batch) in batches.enumerated() where batch.batchSize > 0 {
-            if let stages, stages.pipelined {
-                // The student's first stages run the next micro-batch's forward while this one
-                // finishes, here and in their backward (GPipe).
-                for ahead in [micro] + [batches[(micro + 1)...].firstIndex { $0.batchSize > 0 }].compactMap({ $0 })
-                where ahead > requestedAhead {
-                    try stages.prefetch(DistillationPass.tokens(batches[ahead]), key: (step, ahead), onto: student.firstDevice)
+            if let stages {
+                // The student's first stages get each micro-batch's forward, with its dropout key,
+                // before its turn; with activation checkpointing also the next one's, which they run
+                // while this one finishes, here and in their backward (GPipe).
+                let next = stages.pipelined ? batches[(micro + 1)...].firstIndex { $0.batchSize > 0 } : nil
+                for ahead in [micro] + [next].compactMap({ $0 }) where ahead > requestedAhead {
+                    try stages.requestForward(DistillationPass.tokens(batches[ahead]), key: (step, ahead), onto: student.firstDevice)
                     requestedAhead = ahead
                 }
             }
@@ -317,7 +318,6 @@ public final class Trainer {
                 named.adapter.dropoutStream = Self.dropoutStream(
                     seed: config.run.seed, step: step, micro: micro, linear: named.name, replicas: communicator)
             }
-            stages?.dropoutKey = (step, micro)
             let stream = prefetched ?? pass.startTeacher(batch)
             prefetched = nil
             let result = try pass.run(batch, gradientScale: 1 / Float(scored), crossEntropy: !onPolicyMicro[micro],
