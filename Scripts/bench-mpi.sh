@@ -3,10 +3,10 @@
 # (mpirun --bind-to core). MODE data: one replica on one core against two replicas as two ranks,
 # the same batch per replica. MODE stages: one process running teacher and student in turn on one
 # core against a teacher rank and a student rank (devices.ranks [0, 1]) on one core each, the
-# teacher working on the next micro-batch while the student trains on this one; 4 micro-batches
+# teacher working on the next micro-batch while the student trains on this one; MICRO micro-batches
 # (grad_accum_steps) of 1 × 256 a step. MODE student: the student's two stages (devices 0 and 1)
 # in one process on one core against a rank each (devices.ranks [0, 1]), the first stage running
-# the next micro-batch's forward while the second finishes this one (GPipe); 4 micro-batches of
+# the next micro-batch's forward while the second finishes this one (GPipe); MICRO micro-batches of
 # 1 × 128 a step, the teacher read from a top-16 cache made first (so only the student runs), and
 # a student whose stages carry equal work: Qwen3-0.6B's layer shape, 4 layers, vocabulary 8,192.
 # Models otherwise: random bf16 Qwen3-1.7B → Qwen3-0.6B shapes cut to 3 layers each (kd init),
@@ -16,11 +16,13 @@
 # tokens (both replicas' for two) over its time, from the run's metrics.jsonl; the median over
 # steps, then the median over ROUNDS alternating runs. bytes_sent is what all ranks sent each
 # other per step (the summed LoRA gradients, the totals and the stop check).
-# Usage: Scripts/bench-mpi.sh [STEPS] [ROUNDS] [data|stages|student]   (defaults 3, 2, data)
+# MICRO sets the micro-batches a step in the stages and student modes (default 4).
+# Usage: Scripts/bench-mpi.sh [STEPS] [ROUNDS] [data|stages|student] [MICRO]   (defaults 3, 2, data, 4)
 set -euo pipefail
 steps=${1:-3}
 rounds=${2:-2}
 mode=${3:-data}
+micro=${4:-4}
 . "$(dirname "$0")/bench-setup.sh" bench-mpi
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_btl_vader_single_copy_mechanism=none
 
@@ -46,7 +48,7 @@ PY
 run() {  # ranks round: one JSON line
   local ranks=$1 out="$work/run-$mode-$1-$2"
   local replicas=$([ "$mode" = data ] && echo "$ranks" || echo 1)
-  local accum=$([ "$mode" = data ] && echo 1 || echo 4)
+  local accum=$([ "$mode" = data ] && echo 1 || echo "$micro")
   local placement=$([ "$mode" != data ] && [ "$ranks" = 2 ] && echo "[0, 1]" || echo null)
   local students=$([ "$mode" = student ] && echo "[0, 1]" || echo "[1]")
   local cache=$([ "$mode" = student ] && echo "$work/cache" || echo null)

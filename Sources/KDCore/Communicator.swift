@@ -233,20 +233,6 @@ public final class Communicator: @unchecked Sendable {
         return values
     }
 
-    /// Sends a tensor's bytes, from its device's thread (see `send(_:to:tag:)`).
-    public func send(_ tensor: Tensor, to destination: Int, tag: Int) throws {
-        try tensor.device.run {
-            try self.send(UnsafeRawBufferPointer(start: tensor.bytes, count: tensor.byteCount), to: destination, tag: tag)
-        }
-    }
-
-    /// Receives exactly a tensor's bytes into it, on its device's thread (see `receive(into:from:tag:)`).
-    public func receive(into tensor: Tensor, from source: Int, tag: Int) throws {
-        try tensor.device.run {
-            try self.receive(into: UnsafeMutableRawBufferPointer(start: tensor.bytes, count: tensor.byteCount), from: source, tag: tag)
-        }
-    }
-
     /// Calls `body(offset, length)` for consecutive messages of at most `largestMessage` bytes
     /// covering `count` bytes (one empty message for none: both sides then agree on the count).
     private static func inMessages(_ count: Int, _ body: (Int, Int) throws -> Void) rethrows {
@@ -317,5 +303,43 @@ public final class Communicator: @unchecked Sendable {
             (values + start).update(from: send, count: n)
             count(2 * (size - 1) * segment * MemoryLayout<Float>.stride)
         }
+    }
+}
+
+/// A device owned by another rank of an MPI job, as this rank sees it: its memory and its work are
+/// that rank's, so it allocates and runs nothing here; bytes reach it as messages to its rank,
+/// which that rank receives into a tensor on the device, and come back from it the same way.
+public final class RankBackend: DeviceBackend, @unchecked Sendable {
+    public let communicator: Communicator
+    /// The device's rank in `communicator`.
+    public let rank: Int
+
+    public init(rank: Int, of communicator: Communicator) {
+        self.communicator = communicator
+        self.rank = rank
+    }
+
+    public var location: String? { "rank \(rank)" }
+    public var isCurrent: Bool { false }
+    public func stop() {}
+
+    public func allocate(bytes: Int, for device: Device) throws -> UnsafeMutableRawPointer {
+        throw KDError("\(device): its memory is that rank's; a tensor reaches it by send(to:tag:)")
+    }
+
+    public func deallocate(_ pointer: UnsafeMutableRawPointer, bytes: Int) {
+        preconditionFailure("a device on another rank lent no memory here")
+    }
+
+    public func run(_ job: @escaping () -> Void) throws {
+        throw KDError("device on rank \(rank): its work runs on that rank")
+    }
+
+    public func copyIn(_ bytes: UnsafeRawBufferPointer, tag: Int) throws {
+        try communicator.send(bytes, to: rank, tag: tag)
+    }
+
+    public func copyOut(into bytes: UnsafeMutableRawBufferPointer, tag: Int) throws {
+        try communicator.receive(into: bytes, from: rank, tag: tag)
     }
 }

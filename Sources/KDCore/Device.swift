@@ -1,14 +1,18 @@
 import Foundation
 
-/// A logical compute device: a memory budget with a caching allocator, and one execution
-/// thread that runs the work placed on it. Tensors live on exactly one device.
+/// A logical compute device: a memory budget with a caching allocator, over a backend that holds
+/// its memory and runs the work placed on it. Tensors live on exactly one device.
 ///
-/// The interface is deliberately narrow (allocate, release, run, receive a copy) so that a
-/// later backend can put a device in another process or on another host.
+/// Work reaches a device's memory only through this interface: tensors are allocated on it, work
+/// runs on it (`run`), and data crosses between devices by `Tensor.to(_:)` within a process and by
+/// `Tensor.send(to:tag:)` / `receive(from:tag:)` between processes. The backend decides where the
+/// device is: `ThreadBackend` (a thread of this process, the default) or a device owned by another
+/// rank of an MPI job (`RankBackend`), of which this process knows only how to reach it.
 public final class Device: @unchecked Sendable, CustomStringConvertible, Hashable {
     public let id: Int
     /// The logical budget in bytes; `nil` means unlimited.
     public let capacity: Int?
+    public let backend: any DeviceBackend
 
     private let lock = NSLock()
     /// Freed buffers by size class, each with when it was freed (a count of releases).
@@ -17,25 +21,31 @@ public final class Device: @unchecked Sendable, CustomStringConvertible, Hashabl
     private var live = 0
     private var peak = 0
     private var cached = 0
-    private let worker: DeviceThread
 
-    public init(id: Int, capacity: Int? = nil) {
+    /// A device of this process, with its own thread.
+    public convenience init(id: Int, capacity: Int? = nil) {
+        self.init(id: id, capacity: capacity, backend: ThreadBackend(name: "kd.device.\(id)"))
+    }
+
+    public init(id: Int, capacity: Int? = nil, backend: any DeviceBackend) {
         self.id = id
         self.capacity = capacity
-        self.worker = DeviceThread(name: "kd.device.\(id)")
+        self.backend = backend
     }
 
     deinit {
-        worker.stop()
+        backend.stop()
         for (size, buffers) in free {
-            buffers.forEach { $0.pointer.deallocate() }
-            Device.releaseMachineMemory(size * buffers.count)
+            buffers.forEach { backend.deallocate($0.pointer, bytes: size) }
         }
     }
 
-    public var description: String { "device \(id)" }
+    public var description: String { backend.location.map { "device \(id) (on \($0))" } ?? "device \(id)" }
     public static func == (a: Device, b: Device) -> Bool { a === b }
     public func hash(into hasher: inout Hasher) { hasher.combine(ObjectIdentifier(self)) }
+
+    /// Whether the device's memory is in this process.
+    public var isLocal: Bool { backend.location == nil }
 
     // MARK: Memory
 
@@ -72,12 +82,12 @@ public final class Device: @unchecked Sendable, CustomStringConvertible, Hashabl
         try reserve(size, what: "allocating")
         if let capacity { evict(while: { live + cached > capacity }) }
         do {
-            try Device.reserveMachineMemory(size, for: self)
+            return (try backend.allocate(bytes: size, for: self), size)
         } catch {
+            // The machine is full: the cache gives its memory back first.
             evict(while: { cached > 0 })
-            do { try Device.reserveMachineMemory(size, for: self) } catch { live -= size; throw error }
+            do { return (try backend.allocate(bytes: size, for: self), size) } catch { live -= size; throw error }
         }
-        return (UnsafeMutableRawPointer.allocate(byteCount: size, alignment: 64), size)
     }
 
     /// Returns a buffer to the cache for reuse. The cache keeps at most the device's peak of live
@@ -96,15 +106,15 @@ public final class Device: @unchecked Sendable, CustomStringConvertible, Hashabl
     /// Frees cached buffers, oldest first (each class's list is in release order), while `condition` holds.
     private func evict(while condition: () -> Bool) {
         while condition(), let oldest = free.min(by: { $0.value[0].freedAt < $1.value[0].freedAt })?.key {
-            free[oldest]!.removeFirst().pointer.deallocate()
+            backend.deallocate(free[oldest]!.removeFirst().pointer, bytes: oldest)
             if free[oldest]!.isEmpty { free[oldest] = nil }
             cached -= oldest
-            Device.releaseMachineMemory(oldest)
         }
     }
 
     /// Counts memory that the device holds but did not allocate (a memory-mapped checkpoint tensor).
     func account(external bytes: Int) throws {
+        guard isLocal else { throw KDError("\(self): its memory is that rank's; it maps no file here") }
         try lock.withLock { try reserve(bytes, what: "mapping") }
     }
 
@@ -122,6 +132,84 @@ public final class Device: @unchecked Sendable, CustomStringConvertible, Hashabl
         peak = max(peak, live)
     }
 
+    // MARK: Execution
+
+    /// Runs `body` where the device computes and waits for it (inline when already there).
+    public func run<T>(_ body: @escaping () throws -> T) throws -> T {
+        if backend.isCurrent { return try body() }
+        var result: Result<T, Error>?
+        try backend.run { result = Result { try body() } }
+        return try result!.get()
+    }
+}
+
+/// What a device is made of: the memory behind its tensors and the place where work on it runs.
+/// `Device` keeps the budget and the cache of freed buffers on top.
+public protocol DeviceBackend: AnyObject, Sendable {
+    /// Where the device is, for messages: nil for this process, else e.g. "rank 3".
+    var location: String? { get }
+    /// `bytes` (a multiple of 64) of memory aligned to 64 for `device`'s tensors, or an error when
+    /// the machine cannot hold it; and giving it back.
+    func allocate(bytes: Int, for device: Device) throws -> UnsafeMutableRawPointer
+    func deallocate(_ pointer: UnsafeMutableRawPointer, bytes: Int)
+    /// Runs `job` where the device computes and returns once it has run.
+    func run(_ job: @escaping () -> Void) throws
+    /// Whether this thread is where the device computes.
+    var isCurrent: Bool { get }
+    /// Copies `bytes` of this process into the device's memory: the device's process takes them
+    /// into a tensor there with the same `tag` (`Tensor.receive(from:tag:)`, naming the device
+    /// they came from). `copyOut` is the other way. A device of this process needs neither, and
+    /// refuses both: `Tensor.to(_:)` copies between memories of one process directly.
+    func copyIn(_ bytes: UnsafeRawBufferPointer, tag: Int) throws
+    func copyOut(into bytes: UnsafeMutableRawBufferPointer, tag: Int) throws
+    /// Ends the device's work (its device is gone).
+    func stop()
+}
+
+/// A device of this process: memory from the heap, counted against the machine's, and one thread
+/// that runs the work placed on it in order.
+public final class ThreadBackend: DeviceBackend, @unchecked Sendable {
+    private let thread: DeviceThread
+
+    public init(name: String) { thread = DeviceThread(name: name) }
+
+    public var location: String? { nil }
+    public var isCurrent: Bool { thread.isCurrent }
+    public func stop() { thread.stop() }
+
+    public func run(_ job: @escaping () -> Void) throws {
+        let done = DispatchSemaphore(value: 0)
+        thread.submit {
+            job()
+            done.signal()
+        }
+        done.wait()
+    }
+
+    public func allocate(bytes: Int, for device: Device) throws -> UnsafeMutableRawPointer {
+        try Self.machineLock.withLock {
+            guard Self.machineLive + bytes <= Self.machineMemory else {
+                throw KDError("\(device): cannot allocate \(formatBytes(bytes)): with "
+                    + "\(formatBytes(Self.machineLive)) already allocated it exceeds this machine's \(formatBytes(Self.machineMemory)) of memory")
+            }
+            Self.machineLive += bytes
+        }
+        return UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: 64)
+    }
+
+    public func deallocate(_ pointer: UnsafeMutableRawPointer, bytes: Int) {
+        pointer.deallocate()
+        Self.machineLock.withLock { Self.machineLive -= bytes }
+    }
+
+    public func copyIn(_ bytes: UnsafeRawBufferPointer, tag: Int) throws {
+        throw KDError("a device of this process takes tensors by to(device), not by a message")
+    }
+
+    public func copyOut(into bytes: UnsafeMutableRawBufferPointer, tag: Int) throws {
+        throw KDError("a device of this process gives tensors by to(device), not by a message")
+    }
+
     // MARK: The machine's memory
 
     /// Bytes allocated by all devices of this process, against the machine's memory: whatever the
@@ -134,36 +222,6 @@ public final class Device: @unchecked Sendable, CustomStringConvertible, Hashabl
         let pages = sysconf(Int32(_SC_PHYS_PAGES)), size = sysconf(Int32(_SC_PAGESIZE))
         return pages > 0 && size > 0 ? pages * size : Int.max
     }()
-
-    private static func reserveMachineMemory(_ bytes: Int, for device: Device) throws {
-        try machineLock.withLock {
-            guard machineLive + bytes <= machineMemory else {
-                throw KDError("\(device): cannot allocate \(formatBytes(bytes)): with \(formatBytes(machineLive)) already "
-                    + "allocated it exceeds this machine's \(formatBytes(machineMemory)) of memory")
-            }
-            machineLive += bytes
-        }
-    }
-
-    private static func releaseMachineMemory(_ bytes: Int) {
-        machineLock.withLock { machineLive -= bytes }
-    }
-
-
-    // MARK: Execution
-
-    /// Runs `body` on this device's thread and waits for it (inline when already there).
-    public func run<T>(_ body: @escaping () throws -> T) throws -> T {
-        if worker.isCurrent { return try body() }
-        var result: Result<T, Error>?
-        let done = DispatchSemaphore(value: 0)
-        worker.submit {
-            result = Result { try body() }
-            done.signal()
-        }
-        done.wait()
-        return try result!.get()
-    }
 }
 
 /// One dedicated thread that runs submitted jobs in order.
@@ -191,6 +249,8 @@ final class DeviceThread: @unchecked Sendable {
     }
 
     var isCurrent: Bool { pthread_getspecific(DeviceThread.slot) == Unmanaged.passUnretained(queue).toOpaque() }
+    /// Whether this thread is some device's thread.
+    static var onDeviceThread: Bool { pthread_getspecific(slot) != nil }
     func submit(_ job: @escaping () -> Void) { queue.push(job) }
     func stop() { queue.close() }
 }

@@ -4,7 +4,8 @@ import Foundation
 /// cache when the last tensor using it is gone; borrowed memory (a memory-mapped file) is only
 /// accounted for.
 public final class Storage: @unchecked Sendable {
-    public let raw: UnsafeMutableRawPointer
+    /// The memory, reached through `Tensor.bytes` (which checks who reaches it) or by `to(_:)`.
+    let raw: UnsafeMutableRawPointer
     public let byteCount: Int
     public let device: Device
     private let backing: Backing
@@ -44,7 +45,8 @@ public final class Storage: @unchecked Sendable {
 /// (frozen weights held as their checkpoint stores them; see `WeightProducts`).
 ///
 /// `Tensor` is a value holding a reference to its storage: copies share the same memory, and
-/// `reshaped` is free. Moving data to another device is always an explicit `to(_:)`.
+/// `reshaped` is free. Moving data to another device is always explicit: `to(_:)` within a
+/// process, `send(to:tag:)` and `receive(from:tag:)` to and from a device of another process.
 public struct Tensor: @unchecked Sendable {
     public let storage: Storage
     public let shape: [Int]
@@ -85,10 +87,17 @@ public struct Tensor: @unchecked Sendable {
     /// programming error, caught even in kernels compiled without checks.
     public var data: UnsafeMutablePointer<Float> {
         if _slowPath(dtype != .f32) { fatalError("a \(dtype.rawValue) tensor of shape \(shape) read as F32") }
-        return storage.raw.assumingMemoryBound(to: Float.self)
+        return bytes.assumingMemoryBound(to: Float.self)
     }
-    /// The elements' bytes, of any dtype.
-    public var bytes: UnsafeMutableRawPointer { storage.raw }
+    /// The elements' bytes, of any dtype. Work running on a device reaches only that device's
+    /// memory (another device's tensors come across by `to(_:)`): reaching into another's is a
+    /// programming error, caught even in kernels compiled without checks.
+    public var bytes: UnsafeMutableRawPointer {
+        if _slowPath(DeviceThread.onDeviceThread && !storage.device.backend.isCurrent) {
+            fatalError("work on another device's thread read a tensor of shape \(shape) on \(storage.device)")
+        }
+        return storage.raw
+    }
     public var count: Int { shape.reduce(1, *) }
     public var byteCount: Int { count * dtype.size }
     public var rank: Int { shape.count }
@@ -113,8 +122,26 @@ public struct Tensor: @unchecked Sendable {
 
     private func copy(on target: Device) throws -> Tensor {
         let copy = try Tensor(uninitializedShape: shape, dtype: dtype, on: target)
-        copy.bytes.copyMemory(from: bytes, byteCount: byteCount)
+        copy.storage.raw.copyMemory(from: storage.raw, byteCount: byteCount)
         return copy
+    }
+
+    /// Sends the tensor's bytes to `peer`, a device of another process, whose process takes them
+    /// with `receive(from:tag:)` (from this tensor's device) and the same `tag`.
+    public func send(to peer: Device, tag: Int) throws {
+        guard device.isLocal, !peer.isLocal else {
+            throw KDError("send(to:): a tensor on \(device) goes to \(peer) by to(device), not by a message")
+        }
+        try device.run { try peer.backend.copyIn(UnsafeRawBufferPointer(start: bytes, count: byteCount), tag: tag) }
+    }
+
+    /// Fills the tensor with the bytes `peer`, a device of another process, sent it with
+    /// `send(to:tag:)` and the same `tag`.
+    public func receive(from peer: Device, tag: Int) throws {
+        guard device.isLocal, !peer.isLocal else {
+            throw KDError("receive(from:): a tensor on \(device) comes from \(peer) by to(device), not by a message")
+        }
+        try device.run { try peer.backend.copyOut(into: UnsafeMutableRawBufferPointer(start: bytes, count: byteCount), tag: tag) }
     }
 
     /// The values as f32 in a new tensor on the same device (a copy even when already f32).

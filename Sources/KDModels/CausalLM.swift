@@ -66,6 +66,10 @@ public final class CausalLM: AdaptedModel {
         guard remote < placement.stages.count else {
             throw KDError("the model's last stage, with its output projection, must be held here")
         }
+        guard placement.stages[remote...].allSatisfy({ group.devices[$0.deviceIndex].isLocal }) else {
+            throw KDError("the model's stages after the \(remote) upstream must be on devices of this process, not "
+                + "\(placement.stages[remote...].map { group.devices[$0.deviceIndex] }.filter { !$0.isLocal }.map(\.description))")
+        }
         let held = try loadStages(Array(placement.stages[remote...]), from: checkpoint, on: group, dtype: dtype)
         return CausalLM(spec: spec, group: group, placement: placement, upstream: upstream, embedding: held.embedding,
                         layers: held.layers, finalNorm: held.finalNorm!, lmHead: held.head!)

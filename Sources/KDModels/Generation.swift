@@ -139,13 +139,14 @@ extension Attention {
                     // One query: a dot product with each cached key, then the values weighted by the
                     // softmax, in SIMD kernels. (As two sgemv calls, OpenBLAS threads them from ~72
                     // positions on: ~900 wake-ups of its threads per token for a few µs of work each.)
+                    let weights = scores.data
                     for p in 0..<total {
-                        scores.data[p] = scale * Kernels.dot(rowKeys + p * kvStride + kvOffset, query, count: headDim)
+                        weights[p] = scale * Kernels.dot(rowKeys + p * kvStride + kvOffset, query, count: headDim)
                     }
-                    Kernels.softmax(scores.data, count: total)
+                    Kernels.softmax(weights, count: total)
                     output.update(repeating: 0, count: headDim)
                     for p in 0..<total {
-                        Kernels.axpy(scores.data[p], rowValues + p * kvStride + kvOffset, into: output, count: headDim)
+                        Kernels.axpy(weights[p], rowValues + p * kvStride + kvOffset, into: output, count: headDim)
                     }
                 } else {
                     BLAS.gemm(transB: true, m: span.count, n: total, k: headDim, alpha: scale, a: query, lda: qStride,

@@ -32,17 +32,18 @@ public final class ModelPart: AdaptedModel {
     /// The context of the last training forward, for `backward`.
     private var trainingContext: ForwardContext?
 
-    /// Loads the stages placed on the devices at `held` (indices into `group`, which lists all of
-    /// the model's devices); they must be consecutive stages. Only their weights are read.
-    public static func load(_ checkpoint: Checkpoint, on group: DeviceGroup, holding held: Set<Int>, dtype: WeightDType = .auto)
-        throws -> ModelPart {
+    /// Loads the stages placed on the devices of this process in `group`, which lists all of the
+    /// model's devices (the others in other processes); they must be consecutive stages. Only
+    /// their weights are read.
+    public static func load(_ checkpoint: Checkpoint, on group: DeviceGroup, dtype: WeightDType = .auto) throws -> ModelPart {
         try checkpoint.validate()
         let spec = checkpoint.spec
         let placement = Placement(spec: spec, deviceCount: group.count, elementSize: checkpoint.heldElementSize(dtype))
         try placement.checkCapacity(of: group)
-        let positions = placement.stages.indices.filter { held.contains(placement.stages[$0].deviceIndex) }
+        let positions = placement.stages.indices.filter { group.devices[placement.stages[$0].deviceIndex].isLocal }
         guard let first = positions.first, positions == Array(first..<first + positions.count) else {
-            throw KDError("a model part must hold consecutive stages; devices \(held.sorted()) hold stages \(positions)")
+            throw KDError("a model part must hold consecutive stages; devices "
+                + "\(group.devices.filter(\.isLocal).map(\.id)) of this process hold stages \(positions)")
         }
         let stages = positions.map { placement.stages[$0] }
         let loaded = try CausalLM.loadStages(stages, from: checkpoint, on: group, dtype: dtype)

@@ -131,12 +131,13 @@ public enum PEFTAdapter {
         for linear in model.linears where settings.targets(linear.name) {
             let a = try Tensor(uninitializedShape: [settings.r, linear.inFeatures], on: linear.device)
             var rng = RandomGenerator(seed: seed, stream: RandomGenerator.hash("lora_A"), RandomGenerator.hash(linear.name))
+            let values = a.data
             switch settings.initMethod {
             case .gaussian:
-                for i in 0..<a.count { a.data[i] = rng.nextNormal() / Float(settings.r) }
+                for i in 0..<a.count { values[i] = rng.nextNormal() / Float(settings.r) }
             default:
                 let bound = 1 / Float(linear.inFeatures).squareRoot()
-                for i in 0..<a.count { a.data[i] = (2 * rng.nextUniform() - 1) * bound }
+                for i in 0..<a.count { values[i] = (2 * rng.nextUniform() - 1) * bound }
             }
             let b = try Tensor.zeros([linear.outFeatures, settings.r], on: linear.device)
             linear.adapter = LoRAAdapter(a: a, b: b, scale: settings.scale, dropout: Float(settings.dropout))

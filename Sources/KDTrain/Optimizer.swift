@@ -66,9 +66,9 @@ public final class AdamW {
     /// clip_grad_norm_ total, `norm(squareSums:)`).
     public func gradientSquareSums() -> [Double] {
         slots.map { slot in
-            let g = slot.gradient()
+            let g = slot.gradient(), values = g.data
             var sum = 0.0
-            for i in 0..<g.count { sum += Double(g.data[i]) * Double(g.data[i]) }
+            for i in 0..<g.count { sum += Double(values[i]) * Double(values[i]) }
             return sum
         }
     }

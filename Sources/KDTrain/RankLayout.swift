@@ -28,6 +28,9 @@ public struct RankLayout {
     /// the student: the replicas' student ranks for the data-parallel sums, or a student part's
     /// counterparts, which sum their stages' gradients the same way. Nil on a teacher's rank.
     public let replicas: Communicator?
+    /// The replica's devices: this rank's are devices of this process, the others' are reached
+    /// through their ranks (`RankBackend`) and hold nothing here.
+    public let devices: DeviceGroup
 
     public var holdsStudent: Bool { world.rank == studentRank }
     /// Whether this rank runs student stages for the student's rank.
@@ -108,21 +111,30 @@ public struct RankLayout {
         let piece = studentBlocks.firstIndex(of: world.rank % perReplica).map { $0 == studentBlocks.count - 1 ? 0 : $0 + 1 }
         let group = try world.split(color: piece ?? studentBlocks.count, key: replica)
         self.replicas = piece == nil ? nil : group
+        let capacity = config.devices.memoryPerDevice?.bytes, mine = world.rank % perReplica
+        self.devices = try DeviceGroup(local.enumerated().map { device, rank in
+            rank == mine ? Device(id: device, capacity: capacity)
+                : Device(id: device, capacity: capacity, backend: RankBackend(rank: replica * perReplica + rank, of: world))
+        })
+    }
+
+    /// The first and the last of `model`'s devices (`devices.*.devices`, in order) held by `rank`,
+    /// a world rank of this replica.
+    func devices(of model: [Int], onRank rank: Int) -> (first: Device, last: Device) {
+        let held = model.filter { deviceRanks[$0] == rank % ranksPerReplica }
+        return (devices.devices[held.first!], devices.devices[held.last!])
     }
 }
 
 extension RankLayout {
-    /// The stages of `model` (the run's teacher or student, `role`) on this rank's devices, loaded
+    /// The stages of `model` (the run's teacher or student, `role`) on this process's devices, loaded
     /// once they are known to fit their budgets (`plan`); `onLoad` gets a line.
     func loadPart(_ model: RunConfig.Model, role: String, config: RunConfig, plan: MemoryPlan, onLoad: (String) -> Void)
         throws -> ModelPart {
-        let mine = world.rank % ranksPerReplica
-        let held = Set(model.devices.indices.filter { deviceRanks[model.devices[$0]] == mine })
-        try plan.requireFit(devices: Set(held.map { model.devices[$0] }), model: role)
+        let group = try DeviceGroup(model.devices.map { devices.devices[$0] })
+        try plan.requireFit(devices: Set(group.devices.filter(\.isLocal).map(\.id)), model: role)
         let start = ContinuousClock.now
-        let devices = try DeviceGroup.make(count: config.deviceCount, capacity: config.devices.memoryPerDevice?.bytes)
-        let part = try ModelPart.load(try Checkpoint(directory: model.path), on: try DeviceGroup(model.devices.map { devices.devices[$0] }),
-                                      holding: held, dtype: model.dtype)
+        let part = try ModelPart.load(try Checkpoint(directory: model.path), on: group, dtype: model.dtype)
         let layers = part.stages.reduce(0) { $0 + $1.layers.count }
         onLoad(String(format: "loaded %d %@ layers in %.1f s", layers, role, (ContinuousClock.now - start).seconds))
         return part

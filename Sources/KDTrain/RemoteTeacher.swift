@@ -23,15 +23,18 @@ public final class RemoteTeacher: @unchecked Sendable {
     /// The teacher's ranks in `communicator`, in stage order; the last sends the logits.
     let ranks: [Int]
     var rank: Int { ranks[ranks.count - 1] }
+    /// The teacher's last device, on `rank`, which sends the logits.
+    let device: Device
     public let spec: ModelSpec
     private let lock = NSLock()
     private var received = 0
     /// Bytes the teacher's rank has sent this rank (the chunks).
     public var bytesReceived: Int { lock.withLock { received } }
 
-    init(communicator: Communicator, ranks: [Int], spec: ModelSpec) {
+    init(communicator: Communicator, ranks: [Int], device: Device, spec: ModelSpec) {
         self.communicator = communicator
         self.ranks = ranks
+        self.device = device
         self.spec = spec
     }
 
@@ -52,7 +55,7 @@ public final class RemoteTeacher: @unchecked Sendable {
         var times = [Double](repeating: 0, count: 3)
         try times.withUnsafeMutableBytes { try communicator.receive(into: $0, from: rank, tag: Self.chunkTag) }
         let logits = try Tensor(uninitializedShape: [rows, spec.vocabSize], on: target)
-        try communicator.receive(into: logits, from: rank, tag: Self.chunkTag)
+        try logits.receive(from: device, tag: Self.chunkTag)
         lock.withLock { received += times.count * MemoryLayout<Double>.stride + logits.byteCount }
         var phases = ["teacher_head": times[2]]
         if times[1] > 0 { phases["teacher_forward"] = times[1] }
@@ -73,8 +76,13 @@ public final class RemoteTeacher: @unchecked Sendable {
         let communicator = layout.world, student = layout.studentRank
         let position = layout.teacherRanks.firstIndex(of: communicator.rank)!
         let part = try layout.loadPart(config.teacher, role: "teacher", config: config, plan: plan, onLoad: onLoad)
-        let previous = position > 0 ? layout.teacherRanks[position - 1] : nil
-        let next = position + 1 < layout.teacherRanks.count ? layout.teacherRanks[position + 1] : nil
+        // The devices this part's tensors go to and come from: the previous part's last, the next
+        // part's first, and the student's loss device.
+        let teacherDevices = config.teacher.devices
+        let previous = position > 0 ? layout.devices(of: teacherDevices, onRank: layout.teacherRanks[position - 1]).last : nil
+        let next = position + 1 < layout.teacherRanks.count
+            ? layout.devices(of: teacherDevices, onRank: layout.teacherRanks[position + 1]).first : nil
+        let loss = layout.devices.devices[config.student.devices.last!]
         func receive<T: FixedWidthInteger>(_ count: Int, _ type: T.Type) throws -> [T] {
             try communicator.receive(count, type, from: student, tag: requestTag)
         }
@@ -97,14 +105,14 @@ public final class RemoteTeacher: @unchecked Sendable {
             var input: Tensor?
             if let previous {
                 let x = try Tensor(uninitializedShape: [batch * length, hidden], on: part.firstDevice)
-                try communicator.receive(into: x, from: previous, tag: hiddenTag)
+                try x.receive(from: previous, tag: hiddenTag)
                 input = x
             }
             let forwardStart = ContinuousClock.now
             let output = try part.forward(tokens, input: input)
             let forwardSeconds = (ContinuousClock.now - forwardStart).seconds
             if let next {
-                try communicator.send(output, to: next, tag: hiddenTag)
+                try output.send(to: next, tag: hiddenTag)
                 continue
             }
             for (index, range) in TeacherStream.ranges(rowCount, chunkTokens).enumerated() {
@@ -113,7 +121,7 @@ public final class RemoteTeacher: @unchecked Sendable {
                 let head = (ContinuousClock.now - headStart).seconds
                 let times = [head + (index == 0 ? forwardSeconds : 0), index == 0 ? forwardSeconds : 0, head]
                 try times.withUnsafeBytes { try communicator.send($0, to: student, tag: chunkTag) }
-                try communicator.send(logits, to: student, tag: chunkTag)
+                try logits.send(to: loss, tag: chunkTag)
             }
         }
     }

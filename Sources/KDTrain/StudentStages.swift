@@ -40,8 +40,10 @@ public final class StudentStages: RemoteStages {
     }
 
     let communicator: Communicator
-    /// The parts' ranks in `communicator`, in stage order.
+    /// The parts' ranks in `communicator`, in stage order, and each part's last device there (which
+    /// sends its output and replies, and takes d(output)).
     let ranks: [Int]
+    let devices: [Device]
     public let stageCount: Int
     public var adaptersDetached = false
     let hidden: Int
@@ -63,10 +65,12 @@ public final class StudentStages: RemoteStages {
     public var bytesReceived: Int { lock.withLock { received } }
 
     /// The student's stages on `ranks` of `communicator`, the first `stageCount` of its placement.
-    init(communicator: Communicator, ranks: [Int], stageCount: Int, spec: ModelSpec, settings: LoRASettings, pipelined: Bool) {
+    init(communicator: Communicator, ranks: [Int], devices: [Device], stageCount: Int, spec: ModelSpec, settings: LoRASettings,
+         pipelined: Bool) {
         self.pipelined = pipelined
         self.communicator = communicator
         self.ranks = ranks
+        self.devices = devices
         self.stageCount = stageCount
         self.hidden = spec.hiddenSize
         self.settings = settings
@@ -78,8 +82,8 @@ public final class StudentStages: RemoteStages {
         for rank in ranks { try header.withUnsafeBytes { try communicator.send($0, to: rank, tag: Self.requestTag) } }
     }
 
-    private func receive(into tensor: Tensor, from rank: Int, tag: Int = replyTag) throws {
-        try communicator.receive(into: tensor, from: rank, tag: tag)
+    private func receive(into tensor: Tensor, from part: Device, tag: Int = replyTag) throws {
+        try tensor.receive(from: part, tag: tag)
         lock.withLock { received += tensor.byteCount }
     }
 
@@ -126,7 +130,7 @@ public final class StudentStages: RemoteStages {
         let (tokens, device, sends) = requested.removeFirst()
         // The parts have taken the request by the time its output arrives.
         let output = try Tensor(uninitializedShape: [tokens, hidden], on: device)
-        try receive(into: output, from: ranks[ranks.count - 1], tag: Self.activationTag)
+        try receive(into: output, from: devices[devices.count - 1], tag: Self.activationTag)
         for send in sends { try send.wait() }
         return output
     }
@@ -168,7 +172,7 @@ public final class StudentStages: RemoteStages {
         // both sides would wait in a send.
         while !requested.isEmpty { arrived.append(try receiveRequested()) }
         try request(.backward)
-        try communicator.send(dOutput, to: ranks[ranks.count - 1], tag: Self.gradientTag)
+        try dOutput.send(to: devices[devices.count - 1], tag: Self.gradientTag)
     }
 
     /// Zeroes the parts' gradients for a new step.
@@ -196,11 +200,11 @@ public final class StudentStages: RemoteStages {
     func adapters(on device: Device) throws -> [NamedAdapter] {
         try request(.adapters)
         var all: [NamedAdapter] = []
-        for (rank, manifest) in zip(ranks, manifests) {
+        for (part, manifest) in zip(devices, manifests) {
             for entry in manifest.adapters {
-                let (a, b) = try pair(entry, from: rank, on: device)
+                let (a, b) = try pair(entry, from: part, on: device)
                 let adapter = LoRAAdapter(a: a, b: b, scale: settings.scale, dropout: Float(settings.dropout))
-                if entry.pissa { adapter.initial = try pair(entry, from: rank, on: device) }
+                if entry.pissa { adapter.initial = try pair(entry, from: part, on: device) }
                 all.append(NamedAdapter(name: entry.name, adapter: adapter))
             }
         }
@@ -211,13 +215,13 @@ public final class StudentStages: RemoteStages {
     func moments(on device: Device) throws -> [AdamW.Moments] {
         try request(.moments)
         var all: [AdamW.Moments] = []
-        for (rank, manifest) in zip(ranks, manifests) {
+        for (part, manifest) in zip(devices, manifests) {
             for entry in manifest.adapters {
                 for (matrix, shape) in [("A", [entry.rank, entry.inFeatures]), ("B", [entry.outFeatures, entry.rank])] {
                     let average = try Tensor(uninitializedShape: shape, on: device)
                     let square = try Tensor(uninitializedShape: shape, on: device)
-                    try receive(into: average, from: rank)
-                    try receive(into: square, from: rank)
+                    try receive(into: average, from: part)
+                    try receive(into: square, from: part)
                     all.append(AdamW.Moments(name: entry.name + ".lora_" + matrix, average: average, averageSquare: square))
                 }
             }
@@ -229,21 +233,21 @@ public final class StudentStages: RemoteStages {
     func gradients(on device: Device) throws -> [(name: String, tensor: Tensor)] {
         try request(.gradients)
         var all: [(name: String, tensor: Tensor)] = []
-        for (rank, manifest) in zip(ranks, manifests) {
+        for (part, manifest) in zip(devices, manifests) {
             for entry in manifest.adapters {
-                let (a, b) = try pair(entry, from: rank, on: device)
+                let (a, b) = try pair(entry, from: part, on: device)
                 all += [(PEFTAdapter.key(entry.name, "A"), a), (PEFTAdapter.key(entry.name, "B"), b)]
             }
         }
         return all
     }
 
-    /// A [rank, in] and a [out, rank] tensor received from `rank`.
-    private func pair(_ entry: Manifest.Entry, from rank: Int, on device: Device) throws -> (Tensor, Tensor) {
+    /// A [rank, in] and a [out, rank] tensor received from `part`.
+    private func pair(_ entry: Manifest.Entry, from part: Device, on device: Device) throws -> (Tensor, Tensor) {
         let a = try Tensor(uninitializedShape: [entry.rank, entry.inFeatures], on: device)
         let b = try Tensor(uninitializedShape: [entry.outFeatures, entry.rank], on: device)
-        try receive(into: a, from: rank)
-        try receive(into: b, from: rank)
+        try receive(into: a, from: part)
+        try receive(into: b, from: part)
         return (a, b)
     }
 
@@ -277,8 +281,12 @@ public final class StudentStages: RemoteStages {
         }
         let part = try layout.loadPart(config.student, role: "student", config: config, plan: plan, onLoad: onLoad)
         part.activationCheckpointing = config.train.activationCheckpointing
-        let previous = position > 0 ? layout.studentPartRanks[position - 1] : nil
-        let next = position + 1 < layout.studentPartRanks.count ? layout.studentPartRanks[position + 1] : student
+        // The devices this part's tensors go to and come from: the previous part's last, and the
+        // next part's first or the student's rank's first, which also takes the replies.
+        let studentDevices = config.student.devices, parts = layout.studentPartRanks
+        let previous = position > 0 ? layout.devices(of: studentDevices, onRank: parts[position - 1]).last : nil
+        let head = layout.devices(of: studentDevices, onRank: student).first
+        let next = position + 1 < parts.count ? layout.devices(of: studentDevices, onRank: parts[position + 1]).first : head
         func receive<T: FixedWidthInteger>(_ count: Int, _ type: T.Type) throws -> [T] {
             try world.receive(count, type, from: student, tag: requestTag)
         }
@@ -341,7 +349,7 @@ public final class StudentStages: RemoteStages {
                 var input: Tensor?
                 if let previous {
                     let x = try Tensor(uninitializedShape: [batch * length, part.spec.hiddenSize], on: part.firstDevice)
-                    try world.receive(into: x, from: previous, tag: activationTag)
+                    try x.receive(from: previous, tag: activationTag)
                     input = x
                 }
                 guard header[5] >= 0, header[6] >= 0 else { throw KDError("rank \(student) sent a negative dropout key") }
@@ -357,7 +365,7 @@ public final class StudentStages: RemoteStages {
                         pending.append((batch * length, step, micro, kept))
                     }
                 }
-                try world.send(output!, to: next, tag: activationTag)
+                try output!.send(to: next, tag: activationTag)
             case .backward:
                 guard !pending.isEmpty else { throw KDError("rank \(student) asked for a backward without a training forward") }
                 let forward = pending.removeFirst()
@@ -365,14 +373,14 @@ public final class StudentStages: RemoteStages {
                     throw KDError("rank \(student) ran forwards ahead without activation checkpointing")
                 }
                 let dOutput = try Tensor(uninitializedShape: [forward.tokens, part.spec.hiddenSize], on: part.lastDevice)
-                try world.receive(into: dOutput, from: next, tag: gradientTag)
+                try dOutput.receive(from: next, tag: gradientTag)
                 var dInput: Tensor?
                 try timed {
                     if let kept = forward.kept { part.restore(kept) }
                     setDropout(step: forward.step, micro: forward.micro)
                     dInput = try part.backward(dOutput)
                 }
-                if let previous, let dInput { try world.send(dInput, to: previous, tag: gradientTag) }
+                if let previous, let dInput { try dInput.send(to: previous, tag: gradientTag) }
             case .zeroGradients:
                 for named in adapters { try named.adapter.zeroGradients() }
             case .squareSums:
@@ -394,18 +402,18 @@ public final class StudentStages: RemoteStages {
             case .adapters:
                 for named in adapters {
                     for tensor in [named.adapter.a, named.adapter.b] + (named.adapter.initial.map { [$0.a, $0.b] } ?? []) {
-                        try world.send(tensor, to: student, tag: replyTag)
+                        try tensor.send(to: head, tag: replyTag)
                     }
                 }
             case .moments:
                 for slot in optimizer!.moments {
-                    try world.send(slot.average, to: student, tag: replyTag)
-                    try world.send(slot.averageSquare, to: student, tag: replyTag)
+                    try slot.average.send(to: head, tag: replyTag)
+                    try slot.averageSquare.send(to: head, tag: replyTag)
                 }
             case .gradients:
                 for named in adapters {
-                    try world.send(named.adapter.gradA!, to: student, tag: replyTag)
-                    try world.send(named.adapter.gradB!, to: student, tag: replyTag)
+                    try named.adapter.gradA!.send(to: head, tag: replyTag)
+                    try named.adapter.gradB!.send(to: head, tag: replyTag)
                 }
             }
         }

@@ -99,7 +99,7 @@ public struct RunModels {
         var notes: [String] = []
         let vocab = try sharedVocabulary(teacher: plan.teacher.spec, student: plan.student.spec, tokenizer: tokenizer,
                                          notes: &notes)
-        let devices = try DeviceGroup.make(count: config.deviceCount, capacity: config.devices.memoryPerDevice?.bytes)
+        let devices = try layout?.devices ?? DeviceGroup.make(count: config.deviceCount, capacity: config.devices.memoryPerDevice?.bytes)
         if let cache {
             // The teacher when it is at hand: the cache must have been made from it.
             var isDirectory: ObjCBool = false
@@ -112,7 +112,9 @@ public struct RunModels {
         if let cache {
             teacher = .cached(cache, split: "train")
         } else if remote, let layout {
-            teacher = .remote(RemoteTeacher(communicator: layout.world, ranks: layout.teacherRanks, spec: plan.teacher.spec))
+            teacher = .remote(RemoteTeacher(communicator: layout.world, ranks: layout.teacherRanks,
+                                            device: layout.devices(of: config.teacher.devices, onRank: layout.teacherRanks.last!).last,
+                                            spec: plan.teacher.spec))
         } else {
             teacher = .live(try CausalLM.load(try Checkpoint(directory: config.teacher.path),
                                               on: try DeviceGroup(config.teacher.devices.map { devices.devices[$0] }),
@@ -123,6 +125,7 @@ public struct RunModels {
             // The student's stages on the ranks before its own, in the order its devices give them.
             let here = layout.deviceRanks[config.student.devices.last!]
             stages = StudentStages(communicator: layout.world, ranks: layout.studentPartRanks,
+                                   devices: layout.studentPartRanks.map { layout.devices(of: config.student.devices, onRank: $0).last },
                                    stageCount: config.student.devices.filter { layout.deviceRanks[$0] != here }.count,
                                    spec: plan.student.spec, settings: config.lora,
                                    pipelined: config.train.activationCheckpointing)

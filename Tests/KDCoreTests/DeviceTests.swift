@@ -60,6 +60,39 @@ import Testing
         try requireSameDevice(moved, y, op: "add")
     }
 
+    @Test func aDeviceOfAnotherRankHoldsAndRunsNothingHere() throws {
+        let here = Device(id: 0)
+        let there = Device(id: 6, capacity: 1 << 20, backend: RankBackend(rank: 3, of: .single))
+        #expect(here.isLocal && !there.isLocal)
+        #expect("\(there)" == "device 6 (on rank 3)")
+        let refusal = KDError("device 6 (on rank 3): its memory is that rank's; a tensor reaches it by send(to:tag:)")
+        #expect(throws: refusal) { _ = try Tensor.zeros([4], on: there) }
+        let x = try Tensor([1, 2], shape: [2], on: here)
+        #expect(throws: refusal) { _ = try x.to(there) }
+        #expect(there.allocatedBytes == 0)
+        #expect(throws: KDError("device on rank 3: its work runs on that rank")) { try there.run { 1 } }
+        // Within a process tensors cross by to(), not by messages; across, a message needs a job.
+        #expect(throws: KDError("send(to:): a tensor on device 0 goes to device 1 by to(device), not by a message")) {
+            try x.send(to: Device(id: 1), tag: 0)
+        }
+        #expect(throws: KDError("MPI: a send needs an MPI job")) { try x.send(to: there, tag: 0) }
+        #expect(throws: KDError("MPI: a receive needs an MPI job")) { try x.receive(from: there, tag: 0) }
+    }
+
+    /// Work on a device reaches only that device's memory; another device's tensors come by to().
+    @Test func workOnADeviceReachesOnlyItsOwnMemory() async throws {
+        let a = Device(id: 0), b = Device(id: 1)
+        let x = try Tensor([5, 6], shape: [2], on: b)
+        let copied = try a.run { try x.to(a) }
+        #expect(copied.device === a && copied.toArray() == [5, 6])
+        #expect(try b.run { x.data[1] } == 6)
+        await #expect(processExitsWith: .failure) {
+            let a = Device(id: 0), b = Device(id: 1)
+            let x = try Tensor([5, 6], shape: [2], on: b)
+            _ = try a.run { x.data[0] }
+        }
+    }
+
     @Test func runExecutesOnTheDeviceThread() throws {
         let device = Device(id: 5)
         let first = try device.run { pthread_self() }

@@ -61,8 +61,9 @@ public final class LoRAAdapter {
         var input = x
         if training && dropout > 0, let stream = dropoutStream {
             input = try Tensor(uninitializedShape: [rows, inFeatures], on: a.device)
-            fillDropoutMask(input.data, count: rows * inFeatures, stream: stream)
-            for i in 0..<(rows * inFeatures) { input.data[i] *= x.data[i] }
+            let masked = input.data, values = x.data
+            fillDropoutMask(masked, count: rows * inFeatures, stream: stream)
+            for i in 0..<(rows * inFeatures) { masked[i] *= values[i] }
         }
         let projection = try Tensor(uninitializedShape: [rows, rank], on: a.device)
         BLAS.linear(input.data, rows: rows, inFeatures: inFeatures, weight: a.data, outFeatures: rank, into: projection.data)
@@ -91,8 +92,9 @@ public final class LoRAAdapter {
             BLAS.gemm(m: rows, n: inFeatures, k: rank, a: dProjection.data, lda: rank, b: a.data, ldb: inFeatures,
                       c: dInput.data, ldc: inFeatures)
             let mask = try Tensor(uninitializedShape: [rows, inFeatures], on: a.device)
-            fillDropoutMask(mask.data, count: rows * inFeatures, stream: stream)
-            for i in 0..<(rows * inFeatures) { dx.data[i] += dInput.data[i] * mask.data[i] }
+            let (out, d, kept) = (dx.data, dInput.data, mask.data)
+            fillDropoutMask(kept, count: rows * inFeatures, stream: stream)
+            for i in 0..<(rows * inFeatures) { out[i] += d[i] * kept[i] }
         } else if let dx {
             BLAS.gemm(m: rows, n: inFeatures, k: rank, a: dProjection.data, lda: rank, b: a.data, ldb: inFeatures,
                       beta: 1, c: dx.data, ldc: inFeatures)
