@@ -14,7 +14,8 @@ struct Train: KDCommand {
             Writes <output_dir>/metrics.jsonl, checkpoint-<step>/ and final_model/. Metrics lines also go to stdout \
             with --json or when stdout is not a terminal; a terminal gets a progress bar on stderr. --resume (alone: \
             auto) continues from the newest complete checkpoint, or from DIR, bit-identically. SIGINT/SIGTERM \
-            finish the current step, write a checkpoint and exit 130/143. A run owns its output_dir while it \
+            (and SIGUSR1, which mpirun passes on to every rank) finish the current step, write a checkpoint and exit \
+            128 + the signal (130/143/138). A run owns its output_dir while it \
             lives (a lock on <output_dir>/.kd-lock, which holds its pid): a second run there is refused. Under \
             mpirun or srun with run.data_parallel N, the N ranks are replicas that share every batch; rank 0 writes and \
             prints, and an error on any rank ends them all.
@@ -35,10 +36,9 @@ struct Train: KDCommand {
         Console.speaks = layout.writes
         if !layout.holdsStudent {
             // A rank that holds the student's first stages, or only a teacher, serves its student's
-            // rank until that rank lets it go: a stop asked of every rank (mpirun forwards SIGINT and
-            // SIGTERM to all) is the student's rank's to carry out.
-            signal(SIGINT, SIG_IGN)
-            signal(SIGTERM, SIG_IGN)
+            // rank until that rank lets it go: a stop asked of every rank (a signal to each, or
+            // SIGUSR1 to mpirun, which passes it on to all) is the student's rank's to carry out.
+            for stop in Self.stopSignals { signal(stop, SIG_IGN) }
             if layout.holdsStudentPart {
                 try StudentStages.serve(config: run, layout: layout) { Console.info($0) }
             } else {
@@ -95,14 +95,17 @@ struct Train: KDCommand {
         }
     }
 
+    /// The signals that stop a run in order: SIGINT and SIGTERM, and SIGUSR1, the one Open MPI's
+    /// mpirun passes on to every rank (it answers SIGTERM by killing the job a few seconds later).
+    static let stopSignals = [SIGINT, SIGTERM, SIGUSR1]
+
     func installStopHandlers() {
         // A parent may have started kd with these signals blocked (the mask is inherited).
         var unblock = sigset_t()
         sigemptyset(&unblock)
-        sigaddset(&unblock, SIGINT)
-        sigaddset(&unblock, SIGTERM)
+        for stop in Self.stopSignals { sigaddset(&unblock, stop) }
         pthread_sigmask(SIG_UNBLOCK, &unblock, nil)
-        for signalNumber in [SIGINT, SIGTERM] {
+        for signalNumber in Self.stopSignals {
             signal(signalNumber) { received in
                 // A second signal does not wait for the step to finish.
                 if requestedStop != 0 { _exit(128 + received) }

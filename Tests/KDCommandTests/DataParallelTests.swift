@@ -157,12 +157,12 @@ import KDModels
         try Self.stopOneRank(1, extra)
     }
 
-    /// Starts a run of `ranks` ranks with `extra` settings, sends SIGTERM to each rank of `signalled`
-    /// after the first step, and expects exit 143 and the checkpoint of the step it stopped at. A
-    /// watchdog ends a job that is not over 30 s later.
+    /// Starts a run of `count` ranks with `extra` settings, sends `stop` to each rank of `signalled`
+    /// (to mpirun when nil) after the first step, and expects exit 128 + `stop` and the checkpoint
+    /// of the step it stopped at. A watchdog ends a job that is not over 30 s later.
     static func stopOneRank(_ rank: Int, _ extra: [String]) throws { try stopRanks([rank], of: 2, extra) }
 
-    static func stopRanks(_ signalled: [Int], of count: Int, _ extra: [String]) throws {
+    static func stopRanks(_ signalled: [Int]?, of count: Int, _ extra: [String], signal stop: Int32 = SIGTERM) throws {
         let dir = KDProcess.temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let run = dir + "/run"
@@ -174,12 +174,16 @@ import KDModels
             usleep(10_000)
         }
         let ranks = Self.ranks(of: process.processIdentifier)
-        for rank in signalled { kill(try #require(ranks[rank], "mpirun's children: \(ranks)"), SIGTERM) }
         let mpirun = process.processIdentifier
+        if let signalled {
+            for rank in signalled { kill(try #require(ranks[rank], "mpirun's children: \(ranks)"), stop) }
+        } else {
+            kill(mpirun, stop)
+        }
         DispatchQueue.global().asyncAfter(deadline: .now() + 30) { if process.isRunning { kill(mpirun, SIGKILL) } }
         let errorText = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         process.waitUntilExit()
-        #expect(process.terminationStatus == 143, "\(errorText)")
+        #expect(process.terminationStatus == 128 + stop, "\(errorText)")
         let stopped = try #require(errorText.firstRange(of: "stopped at step ").map { errorText[$0.upperBound...].prefix { $0.isNumber } },
                                    "\(errorText)")
         #expect(FileManager.default.fileExists(atPath: "\(run)/checkpoint-\(stopped)/adapter_model.safetensors"), "\(errorText)")

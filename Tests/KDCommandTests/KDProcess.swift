@@ -29,8 +29,15 @@ struct KDProcess {
     }
 
     /// Starts `ranks` copies of kd under mpirun and returns at once; stdout is dropped, stderr goes
-    /// to `stderr` (dropped without one).
+    /// to `stderr` (dropped without one). mpirun gets the signals it passes on to its ranks
+    /// unblocked, as from a shell (the test runner's threads may block them, and a child inherits
+    /// the mask of the thread that starts it).
     static func start(_ arguments: [String], ranks: Int, stderr: Pipe? = nil) throws -> Process {
+        var forwarded = sigset_t()
+        sigemptyset(&forwarded)
+        sigaddset(&forwarded, SIGUSR1)
+        sigaddset(&forwarded, SIGUSR2)
+        pthread_sigmask(SIG_UNBLOCK, &forwarded, nil)
         let launch = launch(ranks: ranks, arguments)
         let process = Process()
         process.executableURL = URL(fileURLWithPath: launch.executable)

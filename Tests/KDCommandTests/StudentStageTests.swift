@@ -124,6 +124,12 @@ import KDCore
         try DataParallelTests.stopRanks([0, 1, 2], of: 3, Self.devices(teacher: 1) + ["--set", "checkpoint.every_steps=1000"])
     }
 
+    /// SIGUSR1 to mpirun, which Open MPI passes on to every rank (SIGTERM to mpirun kills the job a
+    /// few seconds later), stops the same run in order, and it exits 138.
+    @Test func sigusr1ToMpirunStopsASplitRunInOrder() throws {
+        try DataParallelTests.stopRanks(nil, of: 3, Self.devices(teacher: 1) + ["--set", "checkpoint.every_steps=1000"], signal: SIGUSR1)
+    }
+
     /// SIGKILL on a rank holding the student's first stages, while the student's rank waits for
     /// their output, ends the job non-zero within 10 s, leaving the checkpoints whole.
     @Test func aKilledStudentStageRankEndsTheJob() throws {
