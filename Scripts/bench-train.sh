@@ -24,9 +24,11 @@
 # times are read from its metrics.jsonl, PyTorch's from perf_counter around each step; neither
 # includes loading); the median of the rest is reported with the process's peak RSS.
 # Needs: pip install torch transformers peft.
-# Usage: Scripts/bench-train.sh [STEPS] [dtype|cache|real] (STEPS: 5, or 3 with real)
+# THREADS lists the thread counts to run (default "1 2").
+# Usage: Scripts/bench-train.sh [STEPS] [dtype|cache|real] [THREADS] (STEPS: 5, or 3 with real)
 set -euo pipefail
 mode=${2:-dtype}
+thread_counts=${3:-1 2}
 steps=${1:-$([ "$mode" = real ] && echo 3 || echo 5)}
 . "$(dirname "$0")/bench-setup.sh" bench-train
 dpkg -s libjemalloc2 >/dev/null 2>&1 || apt-get install -y -qq libjemalloc2 >/dev/null
@@ -117,7 +119,7 @@ for shape in "${shapes[@]}"; do
         | python3 -c "import json,sys; r=json.load(sys.stdin); print(json.dumps({'cache': r['output'], 'top_k': r['top_k'], 'bytes_per_token': round(r['bytes_per_token'], 1), 'seconds': round(r['seconds'], 2)}))"
     done
   fi
-  for threads in 1 2; do
+  for threads in $thread_counts; do
     echo "# $1, $threads thread(s)"
     if [ "$mode" = cache ]; then
       kd_run "$1" "$2" "$threads" auto | tee -a "$runs"
