@@ -6,8 +6,6 @@ import Synchronization
 /// this process holds the rest: what `CausalLM` asks of them. Their kernels are the in-process
 /// stages', so the model gives the same bits wherever its stages run.
 public protocol RemoteStages: AnyObject {
-    /// How many of the placement's stages, from the first, run elsewhere.
-    var stageCount: Int { get }
     /// Whether their adapters are set aside (the base model), as `withAdaptersDetached` asks.
     var adaptersDetached: Bool { get set }
     /// Their output for `batch` [tokens, hidden], received onto `device`. A training forward
@@ -55,28 +53,35 @@ public final class CausalLM: AdaptedModel {
 
     /// Places the checkpoint on `group` and loads each stage's weights onto its device, held as
     /// `dtype` says. The plan is checked against every device's budget before any weight is read.
-    /// With `upstream`, the stages it runs are not loaded here.
+    /// The first stages may be on devices of other processes, which `upstream` runs; the rest,
+    /// the head among them, must be on devices of this one.
     public static func load(_ checkpoint: Checkpoint, on group: DeviceGroup, dtype: WeightDType = .auto,
                             after upstream: (any RemoteStages)? = nil) throws -> CausalLM {
         try checkpoint.validate()
         let spec = checkpoint.spec
         let placement = Placement(spec: spec, deviceCount: group.count, elementSize: checkpoint.heldElementSize(dtype))
         try placement.checkCapacity(of: group)
-        let remote = upstream?.stageCount ?? 0
-        guard remote < placement.stages.count else {
-            throw KDError("the model's last stage, with its output projection, must be held here")
+        let local = localStages(placement, group)
+        guard !local.isEmpty else { throw KDError("the model's last stage, with its output projection, must be held here") }
+        guard local.allSatisfy({ group.devices[$0.deviceIndex].isLocal }) else {
+            throw KDError("the model's stages after the first on this process's devices must be on them too, not "
+                + "\(local.map { group.devices[$0.deviceIndex] }.filter { !$0.isLocal }.map(\.description))")
         }
-        guard placement.stages[remote...].allSatisfy({ group.devices[$0.deviceIndex].isLocal }) else {
-            throw KDError("the model's stages after the \(remote) upstream must be on devices of this process, not "
-                + "\(placement.stages[remote...].map { group.devices[$0.deviceIndex] }.filter { !$0.isLocal }.map(\.description))")
+        guard (local.startIndex > 0) == (upstream != nil) else {
+            throw KDError(upstream == nil ? "the model's first stages are on devices of other processes, and nothing runs them"
+                : "the model's stages are all on devices of this process, with stages upstream")
         }
-        let held = try loadStages(Array(placement.stages[remote...]), from: checkpoint, on: group, dtype: dtype)
+        let held = try loadStages(Array(local), from: checkpoint, on: group, dtype: dtype)
         return CausalLM(spec: spec, group: group, placement: placement, upstream: upstream, embedding: held.embedding,
                         layers: held.layers, finalNorm: held.finalNorm!, lmHead: held.head!)
     }
 
-    /// The stages held in this process.
-    var localStages: ArraySlice<Placement.Stage> { placement.stages[(upstream?.stageCount ?? 0)...] }
+    /// The stages held in this process: those from the first on one of its devices.
+    var localStages: ArraySlice<Placement.Stage> { Self.localStages(placement, group) }
+
+    static func localStages(_ placement: Placement, _ group: DeviceGroup) -> ArraySlice<Placement.Stage> {
+        placement.stages.drop { !group.devices[$0.deviceIndex].isLocal }
+    }
 
     /// The weights of `stages` (consecutive, in order), each loaded onto its device of `group`.
     static func loadStages(_ stages: [Placement.Stage], from checkpoint: Checkpoint, on group: DeviceGroup, dtype: WeightDType)

@@ -44,7 +44,6 @@ public final class StudentStages: RemoteStages {
     /// sends its output and replies, and takes d(output)).
     let ranks: [Int]
     let devices: [Device]
-    public let stageCount: Int
     public var adaptersDetached = false
     let hidden: Int
     let settings: LoRASettings
@@ -64,14 +63,12 @@ public final class StudentStages: RemoteStages {
     /// Bytes the parts have sent this rank.
     public var bytesReceived: Int { lock.withLock { received } }
 
-    /// The student's stages on `ranks` of `communicator`, the first `stageCount` of its placement.
-    init(communicator: Communicator, ranks: [Int], devices: [Device], stageCount: Int, spec: ModelSpec, settings: LoRASettings,
-         pipelined: Bool) {
+    /// The student's first stages, on `ranks` of `communicator` (the stages on their devices).
+    init(communicator: Communicator, ranks: [Int], devices: [Device], spec: ModelSpec, settings: LoRASettings, pipelined: Bool) {
         self.pipelined = pipelined
         self.communicator = communicator
         self.ranks = ranks
         self.devices = devices
-        self.stageCount = stageCount
         self.hidden = spec.hiddenSize
         self.settings = settings
     }

@@ -123,10 +123,8 @@ public struct RunModels {
         var stages: StudentStages?
         if let layout, !layout.studentPartRanks.isEmpty {
             // The student's stages on the ranks before its own, in the order its devices give them.
-            let here = layout.deviceRanks[config.student.devices.last!]
             stages = StudentStages(communicator: layout.world, ranks: layout.studentPartRanks,
                                    devices: layout.studentPartRanks.map { layout.devices(of: config.student.devices, onRank: $0).last },
-                                   stageCount: config.student.devices.filter { layout.deviceRanks[$0] != here }.count,
                                    spec: plan.student.spec, settings: config.lora,
                                    pipelined: config.train.activationCheckpointing)
         }
