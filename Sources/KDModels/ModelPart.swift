@@ -26,7 +26,12 @@ public final class ModelPart: AdaptedModel {
     /// As `CausalLM.activationCheckpointing`: a training forward keeps each layer's input only,
     /// and `backward` recomputes the layer first.
     public var activationCheckpointing = false {
-        didSet { for layer in layers { layer.keep = activationCheckpointing ? .input : .all } }
+        didSet { DecoderLayer.setKeep(layers, checkpointing: activationCheckpointing, keepingProducts: layersKeepingProducts) }
+    }
+
+    /// As `CausalLM.layersKeepingProducts`.
+    public var layersKeepingProducts: Set<Int> = [] {
+        didSet { DecoderLayer.setKeep(layers, checkpointing: activationCheckpointing, keepingProducts: layersKeepingProducts) }
     }
 
     /// The context of the last training forward, for `backward`.
@@ -86,26 +91,26 @@ public final class ModelPart: AdaptedModel {
     }
 
     /// What a checkpointed training forward keeps for `backward` (the context and each layer's
-    /// input), set aside while the part runs the next micro-batches' forwards (a pipeline stage).
+    /// input, and gate and up where it keeps them), set aside while the part runs the next micro-batches' forwards (a pipeline stage).
     public struct PendingBackward {
         let context: ForwardContext
-        let inputs: [Tensor]
+        let kept: [DecoderLayer.Kept]
     }
 
     /// Takes what the last training forward kept for `backward`; it must have been checkpointed.
     public func setAside() throws -> PendingBackward {
         guard let context = trainingContext else { throw KDError("model part: nothing to set aside without a training forward") }
-        let inputs = layers.compactMap { $0.takeKeptInput() }
-        guard inputs.count == layers.count else {
+        let kept = layers.compactMap { $0.takeKept() }
+        guard kept.count == layers.count else {
             throw KDError("model part: only a checkpointed training forward can be set aside")
         }
         trainingContext = nil
-        return PendingBackward(context: context, inputs: inputs)
+        return PendingBackward(context: context, kept: kept)
     }
 
     /// Puts back what `setAside` took, for its `backward`.
     public func restore(_ pending: PendingBackward) {
-        for (layer, input) in zip(layers, pending.inputs) { layer.keepInput(input) }
+        for (layer, kept) in zip(layers, pending.kept) { layer.restoreKept(kept) }
         trainingContext = pending.context
     }
 

@@ -30,7 +30,9 @@ import KDModels
 /// Measured against `kd train`'s device peaks this is within a few percent when activations and
 /// weights are several MB (Tests/KDCommandTests/MemoryPlanMeasuredTests.swift); the allocator's
 /// size classes and the few-KB buffers left out matter below that.
-/// `activation_bytes`, and so `total_bytes`, count the configured setting.
+/// `activation_bytes`, and so `total_bytes`, count the configured setting: with checkpointing, also
+/// the products the layers in `layers_keeping_products` keep (`train.recompute`; all but
+/// the layer in backward, whose whole set is already counted).
 public struct MemoryPlan: Sendable {
     public struct ModelPlan: Sendable {
         public let role: String
@@ -52,6 +54,9 @@ public struct MemoryPlan: Sendable {
         public var activationBytes = 0
         public var activationBytesCheckpointed = 0
         public var activationBytesFull = 0
+        /// The student layers here that keep their products under checkpointing (`train.recompute`),
+        /// counted in `activationBytes`.
+        public var layersKeepingProducts: [Int] = []
         /// The checkpoint dtypes of the weights placed here ("F32", "BF16", ...), and the dtype kd
         /// holds its matrices in (`WeightDType`; norms and a MoE router are always F32).
         public var weightDTypes: Set<String> = []
@@ -78,6 +83,12 @@ public struct MemoryPlan: Sendable {
     /// the logits of the step's scored positions (at most every position; the student's rank sends
     /// it the tokens).
     public let ranks: [RankUsage]
+    /// The student layers that keep their products (q, k, v, the middle residual, gate and up)
+    /// across a checkpointed forward (`CausalLM.layersKeepingProducts`): none without checkpointing or with
+    /// `train.recompute: layers`, all with `attention`, and with `auto` the first layers of each
+    /// device whose products fit its `memory_per_device` and the machine's memory less a fifth
+    /// (shared by the devices of a rank) beside the rest of the plan.
+    public let studentLayersKeepingProducts: Set<Int>
 
     public struct RankUsage: Sendable {
         public let rank: Int
@@ -247,6 +258,38 @@ public struct MemoryPlan: Sendable {
                     ? usage[id].activationBytesCheckpointed : usage[id].activationBytesFull
             }
         }
+        // The products kept across a checkpointed forward (q, k, v, the middle residual, gate and up)
+        // for each such layer but the one in backward, whose whole set the checkpointed figure counts.
+        var keeping = Set<Int>()
+        if config.train.activationCheckpointing {
+            let rankOf = config.devices.ranks ?? [Int](repeating: 0, count: config.deviceCount)
+            var machineFree: [Int: Double] = [:]
+            for device in usage { machineFree[rankOf[device.id], default: 0.8 * Double(ThreadBackend.machineMemory)] -= Double(device.totalBytes) }
+            let q = studentSpec.numHeads * studentSpec.headDim, kv = studentSpec.numKVHeads * studentSpec.headDim
+            for stage in student.placement.stages where !stage.layers.isEmpty {
+                let id = config.student.devices[stage.deviceIndex], rank = rankOf[id]
+                let products = stage.layers.map { layer -> Double in
+                    guard case .dense(let size) = studentSpec.feedForward[layer] else { return 0 }
+                    return tokens * Double(q + 2 * kv + studentSpec.hiddenSize + 2 * size) * f32
+                }
+                func added(_ count: Int) -> Double { products.prefix(count).dropLast(count == products.count ? 1 : 0).reduce(0, +) }
+                let count: Int
+                switch config.train.recompute {
+                case .layers: count = 0
+                case .attention: count = products.count
+                case .auto:
+                    var free = machineFree[rank] ?? 0
+                    if let capacity = usage[id].capacityBytes { free = Swift.min(free, Double(capacity - usage[id].totalBytes)) }
+                    count = (0...products.count).last { added($0) <= free } ?? 0
+                }
+                let keptBytes = added(count)
+                usage[id].layersKeepingProducts = Array(stage.layers.prefix(count))
+                usage[id].activationBytes = MemoryPlan.bytes(Double(usage[id].activationBytes) + keptBytes)
+                machineFree[rank, default: 0] -= keptBytes
+                keeping.formUnion(stage.layers.prefix(count))
+            }
+        }
+        studentLayersKeepingProducts = keeping
         devices = usage
         // Ranks: `devices.ranks` within each replica (kd plan does not know the job's size, so
         // without it every replica is one rank).
@@ -373,6 +416,7 @@ public struct MemoryPlan: Sendable {
                     "activation_bytes": device.activationBytes,
                     "activation_bytes_checkpointed": device.activationBytesCheckpointed,
                     "activation_bytes_full": device.activationBytesFull, "total_bytes": device.totalBytes,
+                    "layers_keeping_products": device.layersKeepingProducts,
                     "weight_dtype": DeviceUsage.json(device.weightDTypes),
                     "held_dtype": DeviceUsage.json(device.heldDTypes),
                     "capacity_bytes": device.capacityBytes.map { $0 as Any } ?? NSNull(), "fits": device.fits,

@@ -82,6 +82,7 @@ public struct RunConfig: Equatable, Sendable {
         public var adamEps: Double = 1e-8
         public var maxGradNorm: Double = 1.0
         public var activationCheckpointing = true
+        public var recompute = Recompute.auto
     }
 
     public struct Checkpointing: Equatable, Sendable {
@@ -114,6 +115,12 @@ public struct RunConfig: Equatable, Sendable {
 }
 
 public enum LRSchedule: String, CaseIterable, Sendable { case constant, linear, cosine }
+
+/// `train.recompute`: what a checkpointed student layer forms again before its backward, its
+/// whole forward (`layers`) or, keeping its products (q, k, v, the middle residual, gate and up),
+/// only norms, rope and attention (`attention`); `auto` keeps them in the layers whose products
+/// fit (`MemoryPlan`).
+public enum Recompute: String, CaseIterable, Sendable { case auto, layers, attention }
 
 /// `distill.loss`: the divergence of the distillation term (DistillationLoss.Divergence).
 public enum DivergenceName: String, CaseIterable, Sendable {
@@ -221,6 +228,7 @@ extension LoRAInit: ConfigEnum {}
 extension DataFormat: ConfigEnum {}
 extension BadRecordPolicy: ConfigEnum {}
 extension LRSchedule: ConfigEnum {}
+extension Recompute: ConfigEnum {}
 extension Concurrency: ConfigEnum {}
 extension DivergenceName: ConfigEnum {}
 extension WeightDType: ConfigEnum {}
@@ -298,6 +306,8 @@ extension RunConfig {
         field("train.max_grad_norm", \.train.maxGradNorm, "Clip the global gradient norm to this (0 = no clipping)."),
         field("train.activation_checkpointing", \.train.activationCheckpointing,
               "Student layers keep only their input in the forward pass and are recomputed before their backward: less memory, one more forward per layer, the same numbers bit for bit."),
+        field("train.recompute", \.train.recompute,
+              "With activation checkpointing, what a layer recomputes before its backward: layers (its whole forward), attention (it also keeps its products, q, k, v, the middle residual, gate and up, 2 x intermediate_size + q + 2 kv + hidden floats a token, and recomputes only norms, rope and attention), or auto (attention in as many layers as fit each device's memory_per_device, and this machine's memory less a fifth, beside the rest of kd plan). The same numbers bit for bit."),
         field("checkpoint.every_steps", \.checkpoint.everySteps, "Write a checkpoint every this many steps (0 = only at the end)."),
         field("checkpoint.keep_last", \.checkpoint.keepLast, "Checkpoints kept; older ones are deleted."),
         field("checkpoint.save_merged", \.checkpoint.saveMerged, "Also write the merged model into final_model/."),

@@ -278,6 +278,7 @@ public final class StudentStages: RemoteStages {
         }
         let part = try layout.loadPart(config.student, role: "student", config: config, plan: plan, onLoad: onLoad)
         part.activationCheckpointing = config.train.activationCheckpointing
+        part.layersKeepingProducts = plan.studentLayersKeepingProducts
         // The devices this part's tensors go to and come from: the previous part's last, and the
         // next part's first or the student's rank's first, which also takes the replies.
         let studentDevices = config.student.devices, parts = layout.studentPartRanks

@@ -131,6 +131,8 @@ public struct RunModels {
         let student = try CausalLM.load(try Checkpoint(directory: config.student.path),
                                         on: try DeviceGroup(config.student.devices.map { devices.devices[$0] }),
                                         dtype: config.student.dtype, after: stages)
+        student.activationCheckpointing = config.train.activationCheckpointing
+        student.layersKeepingProducts = plan.studentLayersKeepingProducts
         let seconds = (ContinuousClock.now - start).seconds
         let parts = stages.map { "; its first stages: ranks " + $0.ranks.map(String.init).joined(separator: ",") } ?? ""
         onLoad(cache != nil ? String(format: "loaded the student in %.1f s (teacher: %@%@)", seconds, cache!.directory, parts)
@@ -226,7 +228,6 @@ public final class Trainer {
         self.models = models
         let student = models.student
         try Self.attachAdapters(config, to: student, resumeFrom: resumeFrom)
-        student.activationCheckpointing = config.train.activationCheckpointing
         student.timing = PhaseTimes.Scope(phases, prefix: "student")
         adapters = student.namedAdapters
         optimizer = try Self.optimizer(config, adapters: adapters)
@@ -461,7 +462,8 @@ public final class Trainer {
     }
 
     /// FNV-1a of every key that changes the numbers of a step (not max_steps, bookkeeping,
-    /// activation checkpointing or devices.ranks, which give the same numbers bit for bit).
+    /// activation checkpointing, what it recomputes, or devices.ranks, which give the same numbers
+    /// bit for bit).
     /// distill.loss enters unless it is forward_kl, and distill.jsd_beta only with jsd, so the hash of a forward_kl
     /// run is the one kd computed before these keys existed (its checkpoints resume unchanged).
     /// teacher.dtype and student.dtype enter only as bf16, the one setting that can round
@@ -470,7 +472,7 @@ public final class Trainer {
     var configHash: String {
         var ignored: Set<String> = ["train.max_steps", "run.output_dir", "run.threads", "run.concurrency", "checkpoint.every_steps",
                                     "checkpoint.keep_last", "checkpoint.save_merged", "log.every_steps",
-                                    "train.activation_checkpointing", "devices.ranks"]
+                                    "train.activation_checkpointing", "train.recompute", "devices.ranks"]
         if config.distill.loss == .forwardKL { ignored.insert("distill.loss") }
         if config.distill.loss != .jsd { ignored.insert("distill.jsd_beta") }
         if config.teacher.dtype != .bf16 { ignored.insert("teacher.dtype") }

@@ -23,9 +23,10 @@ import KDCore
     }
 
     /// Every gradient file and the final adapter, byte for byte, and the same metrics (beyond times
-    /// and memory peaks). With dropout the recompute must draw the same masks; with two micro-batches
-    /// per step they are keyed by micro-batch; with the student over two devices each stage recomputes
-    /// its own layers.
+    /// and memory peaks), whether the layers keep everything, recompute their whole forward
+    /// (`train.recompute: layers`), or keep their products and recompute attention (`attention`). With
+    /// dropout the recompute must draw the same masks; with two micro-batches per step they are
+    /// keyed by micro-batch; with the student over two devices each stage recomputes its own layers.
     @Test(arguments: [
         ("0.0", [String]()),
         ("0.1", ["--set", "train.batch_size=1", "--set", "train.grad_accum_steps=2"]),
@@ -34,21 +35,25 @@ import KDCore
     func checkpointedTrainingIsBitIdentical(dropout: String, extra: [String]) throws {
         let dir = KDProcess.temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        var stdout: [Bool: String] = [:]
-        for checkpointing in [true, false] {
-            let result = try Self.trainFixture("\(dir)/\(checkpointing)", checkpointing: checkpointing,
-                                               ["--set", "lora.dropout=\(dropout)"] + extra)
+        var stdout: [String: String] = [:]
+        let settings = [("kept", false, "auto"), ("layers", true, "layers"), ("attention", true, "attention")]
+        for (name, checkpointing, recompute) in settings {
+            let result = try Self.trainFixture("\(dir)/\(name)", checkpointing: checkpointing,
+                                               ["--set", "lora.dropout=\(dropout)", "--set", "train.recompute=\(recompute)"] + extra)
             #expect(result.status == 0, "\(result.stderr)")
-            stdout[checkpointing] = result.stdout
+            stdout[name] = result.stdout
         }
         let files = ["gradients/step-1.safetensors", "gradients/step-2.safetensors", "final_model/adapter_model.safetensors"]
-        for file in files {
-            let on = FileManager.default.contents(atPath: "\(dir)/true/\(file)")
-            let off = FileManager.default.contents(atPath: "\(dir)/false/\(file)")
-            #expect(on != nil && on == off, "\(file) differs")
+        let kept = TrainRunTests.stripTimes(stdout["kept"] ?? "")
+        #expect(kept.count == 2)
+        for name in ["layers", "attention"] {
+            for file in files {
+                let recomputed = FileManager.default.contents(atPath: "\(dir)/\(name)/\(file)")
+                let original = FileManager.default.contents(atPath: "\(dir)/kept/\(file)")
+                #expect(recomputed != nil && recomputed == original, "\(name): \(file) differs")
+            }
+            #expect(TrainRunTests.stripTimes(stdout[name] ?? "") == kept, "\(name)")
         }
-        #expect(TrainRunTests.stripTimes(stdout[true] ?? "") == TrainRunTests.stripTimes(stdout[false] ?? ""))
-        #expect(TrainRunTests.stripTimes(stdout[true] ?? "").count == 2)
     }
 
     /// Every metrics line (stdout and metrics.jsonl) carries each device's allocator peak, by id, and
@@ -101,24 +106,28 @@ import KDCore
                 "--set", "data.max_seq_len=256", "--set", "lora.dropout=0.1"]
     }
 
+    /// Recomputing whole layers keeps the least; keeping the layers' products (208 of their 603
+    /// f32 a token) more, but still well below keeping everything.
     @Test func checkpointingLowersTheStudentsMeasuredPeak() throws {
         let dir = KDProcess.temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let run = try Self.longRun(dir)
-        var peak: [Bool: Int] = [:], plan: [Bool: Int] = [:]
-        for checkpointing in [true, false] {
-            let setting = ["--set", "train.activation_checkpointing=\(checkpointing)"]
-            let result = try KDProcess.run(["train"] + run + setting + ["--set", "run.output_dir=\(dir)/\(checkpointing)"])
+        var peak: [String: Int] = [:], plan: [String: Int] = [:]
+        for (name, setting) in [("off", "train.activation_checkpointing=false"), ("layers", "train.recompute=layers"),
+                                ("attention", "train.recompute=attention")] {
+            let result = try KDProcess.run(["train"] + run + ["--set", setting, "--set", "run.output_dir=\(dir)/\(name)"])
             #expect(result.status == 0, "\(result.stderr)")
-            peak[checkpointing] = (Self.lines(result.stdout).last?["device_peak_bytes"] as? [Int])?[1]
-            let planned = KDProcess.json(try KDProcess.run(["plan"] + run + setting).stdout)
-            plan[checkpointing] = ((planned["devices"] as? [[String: Any]])?[1]["total_bytes"] as? Int)
+            peak[name] = (Self.lines(result.stdout).last?["device_peak_bytes"] as? [Int])?[1]
+            let planned = KDProcess.json(try KDProcess.run(["plan"] + run + ["--set", setting]).stdout)
+            plan[name] = ((planned["devices"] as? [[String: Any]])?[1]["total_bytes"] as? Int)
         }
-        let on = try #require(peak[true]), off = try #require(peak[false])
-        print("student device peak: checkpointing \(on) bytes, without \(off) bytes; kd plan's total_bytes "
-            + "\(plan[true] ?? -1) and \(plan[false] ?? -1)")
-        // 8 layers' saved sets against 8 inputs and one set (kd plan: 10.3 MB less of ~14 MB).
-        #expect(2 * on < off)
+        let layers = try #require(peak["layers"]), attention = try #require(peak["attention"]), off = try #require(peak["off"])
+        print("student device peak: recomputing layers \(layers) bytes, attention \(attention), without checkpointing \(off); "
+            + "kd plan's total_bytes \(plan["layers"] ?? -1), \(plan["attention"] ?? -1) and \(plan["off"] ?? -1)")
+        // 8 layers' saved sets against 8 inputs and one set (kd plan: 10.3 MB less of ~14 MB), and
+        // 7 layers' products more (kd plan: 2.9 MB).
+        #expect(2 * layers < off)
+        #expect(layers < attention && 4 * attention < 3 * off)
     }
 
     /// The plan of the 8-layer run: the three activation figures per device, the configured one in
@@ -126,38 +135,66 @@ import KDCore
     /// and after norm/rope and its output, 3·32, k before and after and v, 3·8, the heads' 1/rms, 4 + 1;
     /// the input and middle residuals with their 1/rms, 2·32 + 2; gate and up, 2·64) plus, for its 7
     /// adapters of rank 4, 7·4 ranks and, with dropout, their inputs (6·32 + 64): S = 603.
-    /// Checkpointed, the device keeps 8·32 inputs and one S instead of 8·S, over 2 × 256 tokens.
+    /// Checkpointed, the device keeps 8·32 inputs and one S instead of 8·S, over 2 × 256 tokens, and
+    /// with `train.recompute: attention` the products (q 32, k and v 2·8, the middle residual 32,
+    /// gate and up 2·64: 208) of the 7 layers not in backward.
     @Test func planShowsBothActivationFigures() throws {
         let dir = KDProcess.temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let run = try Self.longRun(dir)
-        var devices: [Bool: [[String: Any]]] = [:]
-        for checkpointing in [true, false] {
-            let result = try KDProcess.run(["plan"] + run + ["--set", "train.activation_checkpointing=\(checkpointing)"])
+        var devices: [String: [[String: Any]]] = [:]
+        for (name, setting) in [("off", ["train.activation_checkpointing=false"]), ("layers", ["train.recompute=layers"]),
+                                ("attention", ["train.recompute=attention"]), ("default", [])] {
+            let result = try KDProcess.run(["plan"] + run + setting.flatMap { ["--set", $0] })
             #expect(result.status == 0, "\(result.stderr)")
-            devices[checkpointing] = KDProcess.json(result.stdout)["devices"] as? [[String: Any]]
+            devices[name] = KDProcess.json(result.stdout)["devices"] as? [[String: Any]]
         }
-        let defaults = KDProcess.json(try KDProcess.run(["plan"] + run).stdout)["devices"] as? [[String: Any]]
-        let on = try #require(devices[true]), off = try #require(devices[false])
-        try #require(on.count == 2 && off.count == 2)
+        let layers = try #require(devices["layers"]), off = try #require(devices["off"])
+        let attention = try #require(devices["attention"])
+        try #require(layers.count == 2 && off.count == 2 && attention.count == 2)
         func figure(_ device: [String: Any], _ key: String) -> Int { device[key] as? Int ?? -1 }
-        for (checkpointing, list) in [(true, on), (false, off)] {
+        for (setting, list) in [("layers", layers), ("off", off)] {
             for device in list {
-                let configured = figure(device, checkpointing ? "activation_bytes_checkpointed" : "activation_bytes_full")
+                let configured = figure(device, setting == "layers" ? "activation_bytes_checkpointed" : "activation_bytes_full")
                 #expect(figure(device, "activation_bytes") == configured)
                 #expect(figure(device, "total_bytes")
                     == figure(device, "param_bytes") + figure(device, "lora_bytes") + configured)
+                #expect((device["layers_keeping_products"] as? [Int]) == [])
             }
         }
-        // The default is checkpointing.
-        #expect(defaults?.map { figure($0, "total_bytes") } == on.map { figure($0, "total_bytes") })
-        // Both settings report the same pair of figures; the teacher's device has one activation figure.
+        // The default is checkpointing, and with no memory_per_device on this small run every layer keeps its products.
+        #expect(devices["default"]?.map { figure($0, "total_bytes") } == attention.map { figure($0, "total_bytes") })
+        // Every setting reports the same pair of figures; the teacher's device has one activation figure.
         for key in ["activation_bytes_checkpointed", "activation_bytes_full"] {
-            #expect(on.map { figure($0, key) } == off.map { figure($0, key) })
+            #expect(layers.map { figure($0, key) } == off.map { figure($0, key) })
+            #expect(attention.map { figure($0, key) } == off.map { figure($0, key) })
         }
-        #expect(figure(on[0], "activation_bytes_checkpointed") == figure(on[0], "activation_bytes_full"))
-        let saved = 603, hidden = 32, layers = 8, tokens = 2 * 256
-        #expect(figure(on[1], "activation_bytes_full") - figure(on[1], "activation_bytes_checkpointed")
-            == tokens * 4 * (layers * saved - (layers * hidden + saved)))
+        #expect(figure(layers[0], "activation_bytes_checkpointed") == figure(layers[0], "activation_bytes_full"))
+        let saved = 603, hidden = 32, intermediate = 64, count = 8, tokens = 2 * 256
+        #expect(figure(layers[1], "activation_bytes_full") - figure(layers[1], "activation_bytes_checkpointed")
+            == tokens * 4 * (count * saved - (count * hidden + saved)))
+        #expect((attention[1]["layers_keeping_products"] as? [Int]) == Array(0..<count))
+        #expect(figure(attention[1], "activation_bytes") - figure(attention[1], "activation_bytes_checkpointed")
+            == tokens * 4 * (count - 1) * (hidden + 2 * 8 + hidden + 2 * intermediate))
+        #expect(figure(attention[0], "activation_bytes") == figure(layers[0], "activation_bytes"))
+    }
+
+    /// `train.recompute: auto` keeps the products of the first layers whose products fit the device's
+    /// memory_per_device beside the rest of the plan: with room for three layers' products, layers 0-2.
+    @Test func autoKeepsGateUpWhereTheBudgetAllows() throws {
+        let dir = KDProcess.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let run = try Self.longRun(dir)
+        let layers = KDProcess.json(try KDProcess.run(["plan"] + run + ["--set", "train.recompute=layers"]).stdout)
+        let student = try #require((layers["devices"] as? [[String: Any]])?[1])
+        let total = try #require(student["total_bytes"] as? Int), products = 2 * 256 * 4 * (32 + 2 * 8 + 32 + 2 * 64)
+        for (room, kept) in [(products / 2, [Int]()), (3 * products + products / 2, [0, 1, 2]), (8 * products, Array(0..<8))] {
+            let capacity = ["--set", "devices.memory_per_device=\(total + room)"]
+            let result = try KDProcess.run(["plan"] + run + capacity)
+            #expect(result.status == 0, "\(result.stderr)")
+            let device = try #require((KDProcess.json(result.stdout)["devices"] as? [[String: Any]])?[1])
+            #expect((device["layers_keeping_products"] as? [Int]) == kept, "room \(room)")
+            #expect((device["total_bytes"] as? Int ?? .max) <= total + room)
+        }
     }
 }

@@ -4,7 +4,8 @@ import KDCore
 
 /// `kd plan` against what `kd train` measures: on the same run, each used device's planned
 /// `total_bytes` is within 10% of its allocator peak (`device_peak_bytes`, the largest over the
-/// metrics lines), for a dense and a MoE teacher, with activation checkpointing on and off.
+/// metrics lines), for a dense and a MoE teacher, with activation checkpointing on (keeping the
+/// layers' products, or recomputing whole layers) and off.
 ///
 /// The shapes (hidden 256, vocabulary 4,096, 2 rows of 192 tokens) make every device hold several
 /// MB, so what the plan leaves out (the routing tables, a few KB of norms' 1/rms, the allocator's
@@ -75,13 +76,17 @@ import KDCore
         return (plan, measured)
     }
 
-    @Test(arguments: [(false, true), (false, false), (true, true), (true, false)])
-    func planMatchesTheMeasuredPeaks(moe: Bool, checkpointing: Bool) throws {
+    /// With checkpointing, `train.recompute` `auto` keeps the products of both student layers here,
+    /// `layers` of none.
+    @Test(arguments: [(false, true, "auto"), (false, true, "layers"), (false, false, "auto"), (true, true, "auto"),
+                      (true, false, "auto")])
+    func planMatchesTheMeasuredPeaks(moe: Bool, checkpointing: Bool, recompute: String) throws {
         let dir = KDProcess.temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        let run = try Self.makeRun(dir, moe: moe) + ["--set", "train.activation_checkpointing=\(checkpointing)"]
+        let run = try Self.makeRun(dir, moe: moe) + ["--set", "train.activation_checkpointing=\(checkpointing)",
+                                                      "--set", "train.recompute=\(recompute)"]
         let (plan, measured) = try Self.planAndMeasure(run)
-        let name = "\(moe ? "MoE" : "dense") teacher, checkpointing \(checkpointing ? "on" : "off")"
+        let name = "\(moe ? "MoE" : "dense") teacher, checkpointing \(checkpointing ? "on (\(recompute))" : "off")"
         for device in 0..<2 {
             let ratio = Double(plan[device]) / Double(measured[device])
             print("\(name): device \(device) plan \(plan[device]) measured \(measured[device]) ratio "

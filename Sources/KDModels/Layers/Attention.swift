@@ -32,12 +32,28 @@ public final class Attention {
 
     public var linears: [Linear] { [qProj, kProj, vProj, oProj] }
 
+    /// The q, k and v projections [rows, heads·headDim] and [rows, kvHeads·headDim], adapters
+    /// included: three of the block's four products, which a layer may keep across a checkpointed
+    /// forward (`DecoderLayer.Keep.inputAndProducts`).
+    public struct Projections {
+        let q, k, v: Tensor
+    }
+
     /// x: the normed hidden states [rows, hidden]; returns the attention output [rows, hidden].
     public func forward(_ x: Tensor, context: ForwardContext, training: Bool = false) throws -> Tensor {
-        let rows = context.rows, device = x.device
+        let rows = context.rows
         let qRaw = try qProj.forward(x, rows: rows, training: training)
         let kRaw = try kProj.forward(x, rows: rows, training: training)
         let v = try vProj.forward(x, rows: rows, training: training)
+        let attended = try attend(Projections(q: qRaw, k: kRaw, v: v), context: context, training: training)
+        return try oProj.forward(attended, rows: rows, training: training)
+    }
+
+    /// The head norms, rope and attention over `projections`; returns the attention output before
+    /// o_proj. In training keeps what backward reads, the raw projections unchanged.
+    private func attend(_ projections: Projections, context: ForwardContext, training: Bool) throws -> Tensor {
+        let rows = context.rows, device = projections.q.device
+        let (qRaw, kRaw, v) = (projections.q, projections.k, projections.v)
         let q = training ? try Tensor(uninitializedShape: qRaw.shape, on: device) : qRaw
         let k = training ? try Tensor(uninitializedShape: kRaw.shape, on: device) : kRaw
         let qInverseRMS = try Tensor(uninitializedShape: [rows * heads], on: device)
@@ -55,7 +71,24 @@ public final class Attention {
             saved = Saved(qRaw: qRaw, kRaw: kRaw, qInverseRMS: qInverseRMS, kInverseRMS: kInverseRMS, q: q, k: k, v: v,
                           attended: attended)
         }
-        return try oProj.forward(attended, rows: rows, training: training)
+        return attended
+    }
+
+    /// Takes q, k and v of the last training forward and drops the rest it kept (the adapters'
+    /// included), for a layer that keeps them across a checkpointed forward.
+    public func takeProjections() -> Projections? {
+        defer { clearSaved() }
+        return saved.map { Projections(q: $0.qRaw, k: $0.kRaw, v: $0.v) }
+    }
+
+    /// Recomputes what a training forward over `x` keeps for `backward` from the kept `projections`,
+    /// without their products or o_proj's (the output is not read): the adapters' A·x̃, the head
+    /// norms, rope and attention, and o_proj's adapter input. The same values bit for bit.
+    public func prepareBackward(_ x: Tensor, context: ForwardContext, projections: Projections) throws {
+        let rows = context.rows
+        for linear in [qProj, kProj, vProj] { try linear.keepForBackward(x, rows: rows) }
+        let attended = try attend(projections, context: context, training: true)
+        try oProj.keepForBackward(attended, rows: rows)
     }
 
     /// Drops what a training forward kept, the adapters' included (the layer keeps only its input).

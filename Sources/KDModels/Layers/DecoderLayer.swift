@@ -23,36 +23,68 @@ public final class DecoderLayer {
     public var linears: [Linear] { attention.linears + feedForward.linears }
 
     /// What a training forward keeps for backward: everything (`.all`), or only the layer's input
-    /// (`.input`, activation checkpointing), in which case backward first recomputes the layer with
-    /// a second training forward that keeps everything. Either way the numbers are the same bit for
-    /// bit: the recompute starts from the same input, and dropout masks are drawn again from the
-    /// adapters' keyed streams. The model sets this (`CausalLM.activationCheckpointing`).
-    public enum Keep: Sendable { case all, input }
+    /// (`.input`, activation checkpointing), in which case backward first recomputes the layer
+    /// (`recompute`), or the input and the layer's products (`.inputAndProducts`: q, k and v, the
+    /// middle residual, the feed-forward's gate and up, 2·intermediate + q + 2·kv + hidden f32 a
+    /// token), whose recompute then forms none of the layer's products but its adapters' A·x̃: the
+    /// norms, rope and attention. A recompute never forms the down projection's product either: the
+    /// layer's output is not read in backward. Either way the numbers are the same bit for bit: the
+    /// recompute starts from the same input (and the kept products are those it would form), and
+    /// dropout masks are drawn again from the adapters' keyed streams. The model sets this
+    /// (`CausalLM.activationCheckpointing`, `layersKeepingProducts`).
+    public enum Keep: Sendable { case all, input, inputAndProducts }
     public var keep = Keep.all
+
+    /// Each layer's `keep`: `.all` without checkpointing, else `.inputAndProducts` for the layers
+    /// (by index) in `keepingProducts` and `.input` for the others.
+    public static func setKeep(_ layers: [DecoderLayer], checkpointing: Bool, keepingProducts: Set<Int>) {
+        for layer in layers {
+            layer.keep = !checkpointing ? .all : keepingProducts.contains(layer.index) ? .inputAndProducts : .input
+        }
+    }
 
     /// The residual stream before each norm and the norms' 1/rms, kept for backward.
     private struct Activations {
         let input, inputInverseRMS, middle, middleInverseRMS: Tensor
     }
+    /// The products a layer keeps with `.inputAndProducts`.
+    struct Products {
+        let projections: Attention.Projections
+        let middle: Tensor
+        let gateUp: MLP.GateUp
+    }
+    /// What a checkpointed training forward keeps: the input, and the products with `.inputAndProducts`.
+    public struct Kept {
+        let input: Tensor
+        let products: Products?
+    }
     private enum Saved {
         case all(Activations)
-        case input(Tensor)
+        case kept(Kept)
     }
     private var saved: Saved?
 
     /// Updates the residual stream `x` [rows, hidden] in place. In training, dropout is on and the
     /// layer keeps what `keep` says.
     public func forward(_ x: Tensor, context: ForwardContext, training: Bool = false) throws {
-        let activations = try compute(x, context: context, training: training, keepAll: training && keep == .all)
+        let (activations, products) = try compute(x, context: context, pass: training ? .training : .inference)
         guard training else { return }
-        saved = keep == .all ? .all(activations) : .input(activations.input)
+        saved = keep == .all ? .all(activations) : .kept(Kept(input: activations.input, products: products))
     }
 
-    /// The layer's forward pass over `x`, in place. In training, returns the residual streams to
-    /// keep; without `keepAll` the attention and feed-forward blocks drop what they saved as soon
-    /// as they are done, and only the returned input (a copy of `x` as it came in) is kept.
-    /// (Outside training the returned tensors alias `x` and are not kept.)
-    private func compute(_ x: Tensor, context: ForwardContext, training: Bool, keepAll: Bool) throws -> Activations {
+    /// How `compute` runs: outside training, a training forward (keeping what `keep` says), or the
+    /// recompute before backward of a layer that kept only its input.
+    private enum Pass { case inference, training, recompute }
+
+    /// The layer's pass over `x`, in place. In training, returns the residual streams to keep and,
+    /// with `.inputAndProducts`, the products; a checkpointed forward has the attention and
+    /// feed-forward blocks drop what they saved as soon as they are done, and keeps only the
+    /// returned input (a copy of `x` as it came in). A recompute keeps everything and stops after
+    /// the feed-forward's `prepareBackward`, `x` then holding the middle residual. (Outside
+    /// training the returned tensors alias `x` and are not kept.)
+    private func compute(_ x: Tensor, context: ForwardContext, pass: Pass) throws -> (Activations, Products?) {
+        let training = pass != .inference, keepAll = pass == .recompute || (pass == .training && keep == .all)
+        let keepProducts = pass == .training && keep == .inputAndProducts
         let rows = context.rows, hidden = x.shape[1]
         let input = training ? try x.clone() : x
         let inputInverseRMS = try Tensor(uninitializedShape: [rows], on: device)
@@ -60,38 +92,74 @@ public final class DecoderLayer {
         Kernels.rmsNorm(x.data, weight: inputNorm.data, rows: rows, cols: hidden, eps: eps, into: normed.data,
                         inverseRMS: inputInverseRMS.data)
         let attended = try attention.forward(normed, context: context, training: training)
-        if training && !keepAll { attention.clearSaved() }
+        var projections: Attention.Projections?
+        if keepProducts { projections = attention.takeProjections() } else if training && !keepAll { attention.clearSaved() }
         Kernels.add(attended.data, into: x.data, count: x.count)
-        let middle = training && keepAll ? try x.clone() : x
+        // Kept, `x` goes on to the output in place unless this is the recompute, which stops here.
+        let middle = (keepAll && pass != .recompute) || keepProducts ? try x.clone() : x
         let middleInverseRMS = try Tensor(uninitializedShape: [rows], on: device)
         // Kept, the adapters keep `normed`, so the second norm needs its own buffer.
-        let normed2 = training && keepAll ? try Tensor(uninitializedShape: x.shape, on: device) : normed
+        let normed2 = keepAll ? try Tensor(uninitializedShape: x.shape, on: device) : normed
         Kernels.rmsNorm(x.data, weight: postAttentionNorm.data, rows: rows, cols: hidden, eps: eps, into: normed2.data,
                         inverseRMS: middleInverseRMS.data)
+        let activations = Activations(input: input, inputInverseRMS: inputInverseRMS, middle: middle,
+                                      middleInverseRMS: middleInverseRMS)
+        if pass == .recompute {
+            try feedForward.prepareBackward(normed2, rows: rows, gateUp: nil)
+            return (activations, nil)
+        }
         let fed = try feedForward.forward(normed2, rows: rows, training: training)
-        if training && !keepAll { feedForward.clearSaved() }
+        var products: Products?
+        if keepProducts, let projections, let gateUp = feedForward.takeGateUp() {
+            products = Products(projections: projections, middle: middle, gateUp: gateUp)
+        } else if training && !keepAll {
+            feedForward.clearSaved()
+        }
         Kernels.add(fed.data, into: x.data, count: x.count)
-        return Activations(input: input, inputInverseRMS: inputInverseRMS, middle: middle, middleInverseRMS: middleInverseRMS)
+        return (activations, products)
     }
 
-    /// Hands out the input a checkpointed training forward kept (nil when it kept nothing or
+    /// The recompute of a layer that kept its products: from its input and middle residual, the
+    /// norms, and each block's `prepareBackward` over them, forming no product but the adapters' A·x̃.
+    private func recompute(_ input: Tensor, products: Products, context: ForwardContext) throws -> Activations {
+        let rows = context.rows, hidden = input.shape[1]
+        let inputInverseRMS = try Tensor(uninitializedShape: [rows], on: device)
+        let normed = try Tensor(uninitializedShape: input.shape, on: device)
+        Kernels.rmsNorm(input.data, weight: inputNorm.data, rows: rows, cols: hidden, eps: eps, into: normed.data,
+                        inverseRMS: inputInverseRMS.data)
+        try attention.prepareBackward(normed, context: context, projections: products.projections)
+        let middleInverseRMS = try Tensor(uninitializedShape: [rows], on: device)
+        let normed2 = try Tensor(uninitializedShape: input.shape, on: device)
+        Kernels.rmsNorm(products.middle.data, weight: postAttentionNorm.data, rows: rows, cols: hidden, eps: eps,
+                        into: normed2.data, inverseRMS: middleInverseRMS.data)
+        try feedForward.prepareBackward(normed2, rows: rows, gateUp: products.gateUp)
+        return Activations(input: input, inputInverseRMS: inputInverseRMS, middle: products.middle,
+                           middleInverseRMS: middleInverseRMS)
+    }
+
+    /// Hands out what a checkpointed training forward kept (nil when it kept nothing or
     /// everything), so that the layer can run another micro-batch's forward before this one's
-    /// backward (a pipeline stage); `keepInput` gives it back.
-    public func takeKeptInput() -> Tensor? {
-        guard case .input(let input) = saved else { return nil }
+    /// backward (a pipeline stage); `restoreKept` gives it back.
+    public func takeKept() -> Kept? {
+        guard case .kept(let kept) = saved else { return nil }
         saved = nil
-        return input
+        return kept
     }
 
-    /// Makes `input` the kept input of a checkpointed training forward again (see `takeKeptInput`).
-    public func keepInput(_ input: Tensor) { saved = .input(input) }
+    /// Makes `kept` what a checkpointed training forward kept again (see `takeKept`).
+    public func restoreKept(_ kept: Kept) { saved = .kept(kept) }
 
-    /// A layer that kept only its input runs its training forward again from it, now keeping
-    /// everything its backward reads; a layer that kept everything has nothing to do.
+    /// A layer that kept only its input (and perhaps its products) runs its training forward
+    /// again from it, now keeping everything its backward reads; a layer that kept everything has
+    /// nothing to do.
     public func recompute(context: ForwardContext) throws {
-        guard case .input(let input) = saved else { return }
-        // The kept input is not needed afterwards: the recompute copies it and runs in place over it.
-        saved = .all(try compute(input, context: context, training: true, keepAll: true))
+        guard case .kept(let kept) = saved else { return }
+        if let products = kept.products {
+            saved = .all(try recompute(kept.input, products: products, context: context))
+        } else {
+            // The kept input is not needed afterwards: the recompute copies it and runs in place over it.
+            saved = .all(try compute(kept.input, context: context, pass: .recompute).0)
+        }
     }
 
     /// Turns d(output) [rows, hidden] into d(input) in place, accumulating adapter gradients.

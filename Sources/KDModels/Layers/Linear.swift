@@ -34,6 +34,12 @@ public final class Linear {
         return y
     }
 
+    /// Keeps what a training `forward` over `x` keeps for `backward` (the adapter's x̃ and A·x̃)
+    /// without forming y: the recompute of a layer whose output nothing reads.
+    public func keepForBackward(_ x: Tensor, rows: Int) throws {
+        try adapter?.keepForBackward(x, rows: rows)
+    }
+
     /// dx (+)= dy·W plus the adapter's input path; the adapter's gradients accumulate. Without
     /// `dx` (nothing upstream trains) only the adapter's gradients are formed.
     public func backward(_ dy: Tensor, rows: Int, into dx: Tensor?, accumulate: Bool) throws {

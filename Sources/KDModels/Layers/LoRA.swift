@@ -58,6 +58,23 @@ public final class LoRAAdapter {
     }
 
     func forward(_ x: Tensor, rows: Int, accumulateInto y: Tensor, training: Bool) throws {
+        let (input, projection) = try project(x, rows: rows, training: training)
+        BLAS.linear(projection.data, rows: rows, inFeatures: rank, weight: b.data, outFeatures: outFeatures, into: y.data,
+                    accumulate: true, scale: scale)
+        if training {
+            savedInput = input
+            savedProjection = projection
+        }
+    }
+
+    /// Keeps what a training `forward` over `x` keeps for backward (x̃ and A·x̃, the dropout mask
+    /// drawn again from the same stream) without forming Δy: a recompute whose output nothing reads.
+    func keepForBackward(_ x: Tensor, rows: Int) throws {
+        (savedInput, savedProjection) = try project(x, rows: rows, training: true)
+    }
+
+    /// x̃ = dropout(x) in training (x itself otherwise) and its projection A·x̃ [rows, r].
+    private func project(_ x: Tensor, rows: Int, training: Bool) throws -> (input: Tensor, projection: Tensor) {
         var input = x
         if training && dropout > 0, let stream = dropoutStream {
             input = try Tensor(uninitializedShape: [rows, inFeatures], on: a.device)
@@ -67,12 +84,7 @@ public final class LoRAAdapter {
         }
         let projection = try Tensor(uninitializedShape: [rows, rank], on: a.device)
         BLAS.linear(input.data, rows: rows, inFeatures: inFeatures, weight: a.data, outFeatures: rank, into: projection.data)
-        BLAS.linear(projection.data, rows: rows, inFeatures: rank, weight: b.data, outFeatures: outFeatures, into: y.data,
-                    accumulate: true, scale: scale)
-        if training {
-            savedInput = input
-            savedProjection = projection
-        }
+        return (input, projection)
     }
 
     /// gradB += s·dyᵀ·(A·x̃); gradA += (s·dy·B)ᵀ·x̃; dx += mask ⊙ (s·dy·B)·A (when dx is wanted).
