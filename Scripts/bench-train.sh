@@ -13,7 +13,9 @@
 # embedding and the untied lm_head), teacher Qwen3-30B-A3B cut to 1 layer (hidden 2048, 32/4 heads,
 # head_dim 128, 128 experts, top-8, moe_intermediate 768; 1.25 G parameters), batch 1 × 512, LoRA
 # r=64 alpha 128 on all seven projections, activation checkpointing on in both (kd's
-# train.activation_checkpointing; transformers' gradient_checkpointing_enable), the same loss
+# train.activation_checkpointing, run twice: train.recompute layers, recomputing whole layers as
+# transformers does, and auto, which keeps the layers' products where they fit (here: all) and
+# recomputes only norms, rope and attention; transformers' gradient_checkpointing_enable), the same loss
 # (alpha 0.8, T 2) and AdamW. kd holds the weights as stored (bf16; ~6 GB peak RSS), PyTorch in
 # f32: ~13 GB of weights, and its resident set reaches ~17 GB both while from_pretrained loads and
 # while it trains, so run nothing else large beside it (each run is one process, and only one runs
@@ -61,8 +63,8 @@ for name, rows, length in [("small", 4, 128), ("qwen3", 1, 256), ("real", 1, 512
             f.write(json.dumps({"input_ids": [random.randrange(151643) for _ in range(length)]}) + "\n")
 PY
 
-write_config() {  # name batch threads dtype [teacher cache directory]: $work/NAME.yaml
-  local name=$1 batch=$2 threads=$3 dtype=$4 cache=${5:-} out="$work/run-$1-$3"
+write_config() {  # name batch threads dtype [teacher cache directory] [train.recompute]: $work/NAME.yaml
+  local name=$1 batch=$2 threads=$3 dtype=$4 cache=${5:-} recompute=${6:-auto} out="$work/run-$1-$3${6:+-$6}"
   rm -rf "$out"
   cat > "$work/$name.yaml" <<YAML
 run: {output_dir: $out, seed: 1, threads: $threads}
@@ -72,17 +74,17 @@ student: {path: $work/$name-student, devices: [1], dtype: $dtype}
 lora: {r: $lora_r, alpha: $((2 * lora_r)), dropout: 0.05}
 distill: {alpha: 0.8, temperature: 2.0}
 data: {train: $work/$name-tokens.jsonl, format: tokens, shuffle: false, teacher_cache: ${cache:-null}}
-train: {max_steps: $((steps + 1)), batch_size: $batch, lr: 1.0e-4, lr_schedule: constant, warmup_steps: 0, activation_checkpointing: true}
+train: {max_steps: $((steps + 1)), batch_size: $batch, lr: 1.0e-4, lr_schedule: constant, warmup_steps: 0, activation_checkpointing: true, recompute: $recompute}
 checkpoint: {every_steps: 0, keep_last: 1}
 YAML
 }
 
-kd_run() {  # name batch threads dtype [teacher cache directory]
-  local name=$1 threads=$3 dtype=$4 cache=${5:-}
+kd_run() {  # name batch threads dtype [teacher cache directory] [train.recompute]
+  local name=$1 threads=$3 dtype=$4 cache=${5:-} recompute=${6:-}
   write_config "$@"
-  python3 - "$kd" "$work/$name.yaml" "$threads" "$dtype" "$cache" "$work/run-$1-$3/metrics.jsonl" <<'PY'
+  python3 - "$kd" "$work/$name.yaml" "$threads" "$dtype" "$cache" "$work/run-$1-$3${recompute:+-$recompute}/metrics.jsonl" "${recompute:-auto}" <<'PY'
 import json, resource, statistics, subprocess, sys
-kd, config, threads, dtype, cache, metrics = sys.argv[1:7]
+kd, config, threads, dtype, cache, metrics, recompute = sys.argv[1:8]
 def swapped_out_pages():  # pages the whole system has swapped out since boot
     return next(int(l.split()[1]) for l in open("/proc/vmstat") if l.startswith("pswpout "))
 swapped = swapped_out_pages()
@@ -91,7 +93,8 @@ if run.returncode != 0:
     sys.exit(f"kd train --config {config} failed ({run.returncode}): {run.stderr}")
 steps = [json.loads(line) for line in open(metrics)][1:]  # the first step warms up
 seconds = [s["tokens"] / s["tokens_per_s"] for s in steps]  # each step's time as kd measured it (load excluded)
-print(json.dumps({"impl": "kd", "held": "bf16" if dtype == "auto" else dtype, "teacher": cache or "live", "threads": int(threads), "tokens": steps[0]["tokens"],
+print(json.dumps({"impl": "kd", "held": "bf16" if dtype == "auto" else dtype, "teacher": cache or "live", "recompute": recompute,
+                  "threads": int(threads), "tokens": steps[0]["tokens"],
                   "step_s_median": round(statistics.median(seconds), 4), "tokens_per_s": round(steps[0]["tokens"] / statistics.median(seconds), 1),
                   "step_s": [round(s, 3) for s in seconds],
                   "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024),
@@ -126,8 +129,14 @@ for shape in "${shapes[@]}"; do
       for k in 16 64 256; do kd_run "$1" "$2" "$threads" auto "$work/cache-$1-k$k" | tee -a "$runs"; done
       continue
     fi
-    kd_run "$1" "$2" "$threads" auto | tee -a "$runs"
-    [ "$mode" = real ] || kd_run "$1" "$2" "$threads" f32 | tee -a "$runs"
+    if [ "$mode" = real ]; then
+      # Recomputing whole layers as transformers does, and keeping the layers' products (auto: here they fit).
+      kd_run "$1" "$2" "$threads" auto "" layers | tee -a "$runs"
+      kd_run "$1" "$2" "$threads" auto "" auto | tee -a "$runs"
+    else
+      kd_run "$1" "$2" "$threads" auto | tee -a "$runs"
+      kd_run "$1" "$2" "$threads" f32 | tee -a "$runs"
+    fi
     torch_run "$1" "$2" "$threads" | tee -a "$runs"
     [ -n "$jemalloc" ] && torch_run "$1" "$2" "$threads" "$jemalloc" | tee -a "$runs"
   done
@@ -138,14 +147,17 @@ import json, sys
 runs = [json.loads(line) for line in open(sys.argv[1])]
 print(f"\nQwen3-30B-A3B (1 layer) → Qwen3-8B (4 layers), batch 1 × 512, LoRA r=64, checkpointing on; "
       f"median of {sys.argv[2]} steps after a warm-up step; kd holds bf16, PyTorch f32\n")
-print("| threads | kd s/step | torch s/step (best allocator) | speed-up | kd peak RSS | torch peak RSS | torch peak RSS after load |")
-print("|---|---|---|---|---|---|---|")
+print("| threads | kd s/step, recompute: auto (keeps products) | kd s/step, recompute: layers | torch s/step (best allocator) "
+      "| speed-up (auto) | speed-up (layers) | kd peak RSS (auto, layers) | torch peak RSS | torch peak RSS after load |")
+print("|---|---|---|---|---|---|---|---|---|")
 for threads in sorted({r["threads"] for r in runs}):
-    kd = next(r for r in runs if r["impl"] == "kd" and r["threads"] == threads)
+    kd = {r["recompute"]: r for r in runs if r["impl"] == "kd" and r["threads"] == threads}
     torch = min((r for r in runs if r["impl"].startswith("torch") and r["threads"] == threads), key=lambda r: r["step_s_median"])
     after_load = f"{torch['peak_rss_after_load_mib']:,} MiB" if torch["peak_rss_after_load_mib"] is not None else "n/a"
-    print(f"| {threads} | {kd['step_s_median']:.1f} | {torch['step_s_median']:.1f} ({torch['impl']}) "
-          f"| {torch['step_s_median'] / kd['step_s_median']:.2f}× | {kd['peak_rss_mib']:,} MiB | {torch['peak_rss_mib']:,} MiB | {after_load} |")
+    auto, layers = kd["auto"], kd["layers"]
+    print(f"| {threads} | {auto['step_s_median']:.1f} | {layers['step_s_median']:.1f} | {torch['step_s_median']:.1f} ({torch['impl']}) "
+          f"| {torch['step_s_median'] / auto['step_s_median']:.2f}× | {torch['step_s_median'] / layers['step_s_median']:.2f}× "
+          f"| {auto['peak_rss_mib']:,}, {layers['peak_rss_mib']:,} MiB | {torch['peak_rss_mib']:,} MiB | {after_load} |")
 swapped = [r for r in runs if r["swapped_out_pages"]]
 if swapped:
     print(f"\nthe host swapped during {len(swapped)} run(s): " + ", ".join(f"{r['impl']} at {r['threads']} thread(s)" for r in swapped))

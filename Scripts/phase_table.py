@@ -17,7 +17,7 @@ weights are frozen). The head is the scored rows' output projection (the student
 backward). `student_loss` and `optimizer` are elementwise: their rows show time only.
 
     python3 Scripts/phase_table.py --metrics RUN/metrics.jsonl --teacher DIR --student DIR \
-        --batch 1 --seq 512 --lora-r 64 --threads 1 [--reps 3]
+        --batch 1 --seq 512 --lora-r 64 --threads 1 [--recompute layers|attention] [--reps 3]
 """
 import argparse
 import json
@@ -74,6 +74,19 @@ def student_forward_layer(config, batch, seq, rank):
     return products
 
 
+def student_recompute_layer(config, batch, seq, rank, mode):
+    """A checkpointed layer's second forward: with train.recompute `layers` every product of the
+    forward but the down projection's (its output is not read) and its adapter's B; with
+    `attention` (the layer kept its products) attention and each adapter's A·x only."""
+    tokens = batch * seq
+    products = attention_forward(config, batch, seq, tokens)[3:]
+    for name, k, n in linears(config):
+        products.append((tokens, rank, k, "nt", 1))
+        if mode == "layers" and name != "down_proj":
+            products += [(tokens, n, k, "nt", 1), (tokens, n, rank, "nt", 1)]
+    return products
+
+
 def student_backward_layer(config, batch, seq, rank):
     tokens = batch * seq
     h, heads, kv, hd = shapes(config)
@@ -102,6 +115,9 @@ def main():
     parser.add_argument("--scored", type=int, help="scored rows per step (default batch·(seq−1))")
     parser.add_argument("--lora-r", type=int, required=True, help="rank, on all seven projections")
     parser.add_argument("--threads", type=int, required=True, help="sgemm's threads (the run's BLAS threads)")
+    parser.add_argument("--recompute", choices=["layers", "attention"], default="attention",
+                        help="the run's train.recompute (auto: attention when every layer kept its products, as kd plan's "
+                             "layers_keeping_products says)")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--json", action="store_true", help="print the rows as JSON lines too")
     args = parser.parse_args()
@@ -120,7 +136,7 @@ def main():
         "student_forward": student_forward_layer(student, b, s, r) * student["num_hidden_layers"],
         "student_head": [(scored, student["vocab_size"], sh, "nt", 1), (scored, sh, student["vocab_size"], "nn", 1)],
         "student_loss": [],
-        "student_recompute": student_forward_layer(student, b, s, r) * student["num_hidden_layers"]
+        "student_recompute": student_recompute_layer(student, b, s, r, args.recompute) * student["num_hidden_layers"]
         if phase_ms.get("student_recompute") else [],
         "student_backward": student_backward_layer(student, b, s, r) * student["num_hidden_layers"],
         "optimizer": [],
