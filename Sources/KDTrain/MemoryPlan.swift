@@ -19,7 +19,8 @@ import KDModels
 ///   norms and rope, v, the attention output, the input and middle residuals, gate and up, each
 ///   adapter's A·x and input, the heads' and rows' 1/rms); all layers' sets
 ///   (`activation_bytes_full`), or with `train.activation_checkpointing` each layer's input and
-///   the largest set, the layer being recomputed (`activation_bytes_checkpointed`);
+///   the largest set, the layer being recomputed (`activation_bytes_checkpointed`); a student's
+///   stage on a rank of its own keeps two micro-batches' inputs when a step has several (GPipe);
 /// - a student's device in backward adds the gradient flowing in and out, the final norm's input,
 ///   output and d(hidden), and one layer's backward transients (d(activation), d(input), an
 ///   adapter's d(input) and dropout mask);
@@ -178,6 +179,14 @@ public struct MemoryPlan: Sendable {
             loraParameters: LoRAShapes.parameterCount(spec: studentSpec, lora: config.lora))
 
         var usage = (0..<config.deviceCount).map { DeviceUsage(id: $0, capacityBytes: config.devices.memoryPerDevice?.bytes) }
+        // A student's stage on a rank before the student's own (GPipe, with checkpointing) runs a
+        // step's next micro-batch's forward before this one's backward: it keeps two micro-batches'
+        // layer inputs (and products).
+        let local = config.devices.ranks ?? [Int](repeating: 0, count: config.deviceCount)
+        let studentBlocks = RankLayout.blocks(config.student.devices, deviceRanks: local)
+        let studentRank = studentBlocks.last!
+        let keepsTwo = Set(config.train.activationCheckpointing && config.train.gradAccumSteps > 1
+            ? config.student.devices.filter { local[$0] != studentRank } : [])
         // Sizes are summed in floating point and saturated (`bytes`): a config far beyond any
         // machine gives a plan that does not fit, never a wrapped or negative figure.
         // A replica holds at most ⌈batch_size / data_parallel⌉ rows of a micro-batch.
@@ -250,7 +259,8 @@ public struct MemoryPlan: Sendable {
                     return Swift.max(backward, loss)
                 }
                 let full = f32 * peak(saved: savedFull)
-                let checkpointed = f32 * peak(saved: training ? savedInputs + largestSaved : 0)
+                let inputs = keepsTwo.contains(id) ? 2 * savedInputs : savedInputs
+                let checkpointed = f32 * peak(saved: training ? inputs + largestSaved : 0)
                 usage[id].loraBytes = MemoryPlan.bytes(Double(usage[id].loraBytes) + loraBytes)
                 usage[id].activationBytesFull = MemoryPlan.bytes(Double(usage[id].activationBytesFull) + full)
                 usage[id].activationBytesCheckpointed = MemoryPlan.bytes(Double(usage[id].activationBytesCheckpointed) + checkpointed)
@@ -259,20 +269,23 @@ public struct MemoryPlan: Sendable {
             }
         }
         // The products kept across a checkpointed forward (q, k, v, the middle residual, gate and up)
-        // for each such layer but the one in backward, whose whole set the checkpointed figure counts.
+        // for each such layer but the one in backward, whose whole set the checkpointed figure counts
+        // (and on a stage that keeps two micro-batches, all of them again).
         var keeping = Set<Int>()
         if config.train.activationCheckpointing {
-            let rankOf = config.devices.ranks ?? [Int](repeating: 0, count: config.deviceCount)
             var machineFree: [Int: Double] = [:]
-            for device in usage { machineFree[rankOf[device.id], default: 0.8 * Double(ThreadBackend.machineMemory)] -= Double(device.totalBytes) }
+            for device in usage { machineFree[local[device.id], default: 0.8 * Double(ThreadBackend.machineMemory)] -= Double(device.totalBytes) }
             let q = studentSpec.numHeads * studentSpec.headDim, kv = studentSpec.numKVHeads * studentSpec.headDim
             for stage in student.placement.stages where !stage.layers.isEmpty {
-                let id = config.student.devices[stage.deviceIndex], rank = rankOf[id]
+                let id = config.student.devices[stage.deviceIndex], rank = local[id]
                 let products = stage.layers.map { layer -> Double in
                     guard case .dense(let size) = studentSpec.feedForward[layer] else { return 0 }
                     return tokens * Double(q + 2 * kv + studentSpec.hiddenSize + 2 * size) * f32
                 }
-                func added(_ count: Int) -> Double { products.prefix(count).dropLast(count == products.count ? 1 : 0).reduce(0, +) }
+                func added(_ count: Int) -> Double {
+                    products.prefix(count).dropLast(count == products.count ? 1 : 0).reduce(0, +)
+                        + (keepsTwo.contains(id) ? products.prefix(count).reduce(0, +) : 0)
+                }
                 let count: Int
                 switch config.train.recompute {
                 case .layers: count = 0
@@ -293,10 +306,7 @@ public struct MemoryPlan: Sendable {
         devices = usage
         // Ranks: `devices.ranks` within each replica (kd plan does not know the job's size, so
         // without it every replica is one rank).
-        let local = config.devices.ranks ?? [Int](repeating: 0, count: config.deviceCount)
         let perReplica = (local.max() ?? 0) + 1
-        let studentBlocks = RankLayout.blocks(config.student.devices, deviceRanks: local)
-        let studentRank = studentBlocks.last!
         let studentParts = Array(studentBlocks.dropLast())
         let teacherRanks = RankLayout.teacherRanks(config, deviceRanks: local, studentRank: studentRank)
         // The student's adapters a rank holds (its stages').

@@ -179,6 +179,31 @@ import KDCore
         #expect(figure(attention[0], "activation_bytes") == figure(layers[0], "activation_bytes"))
     }
 
+    /// A student's stage on a rank of its own runs a step's next micro-batch's forward before this
+    /// one's backward (GPipe), so with several micro-batches a step the plan gives its device a second
+    /// micro-batch's layer inputs and products; the student's own rank keeps one.
+    @Test func planCountsThePipelinedMicroBatch() throws {
+        let dir = KDProcess.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let run = try Self.longRun(dir) + ["--set", "devices.count=3", "--set", "student.devices=[1, 2]",
+                                           "--set", "devices.ranks=[0, 1, 2]", "--set", "train.recompute=attention"]
+        var devices: [Int: [[String: Any]]] = [:]
+        for steps in [1, 2] {
+            let result = try KDProcess.run(["plan"] + run + ["--set", "train.grad_accum_steps=\(steps)"])
+            #expect(result.status == 0, "\(result.stderr)")
+            devices[steps] = KDProcess.json(result.stdout)["devices"] as? [[String: Any]]
+        }
+        let one = try #require(devices[1]), two = try #require(devices[2])
+        try #require(one.count == 3 && two.count == 3)
+        let part = try #require(one[1]["layers_keeping_products"] as? [Int])
+        #expect(!part.isEmpty && (two[1]["layers_keeping_products"] as? [Int]) == part)
+        // Per token of a micro-batch: each layer's input (32) and products (208).
+        let tokens = 2 * 256
+        #expect((two[1]["activation_bytes"] as? Int ?? 0) - (one[1]["activation_bytes"] as? Int ?? 0)
+            == tokens * 4 * part.count * (32 + 208))
+        #expect((two[2]["activation_bytes"] as? Int) == (one[2]["activation_bytes"] as? Int))
+    }
+
     /// `train.recompute: auto` keeps the products of the first layers whose products fit the device's
     /// memory_per_device beside the rest of the plan: with room for three layers' products, layers 0-2.
     @Test func autoKeepsGateUpWhereTheBudgetAllows() throws {
