@@ -15,7 +15,8 @@
 # r=64 alpha 128 on all seven projections, activation checkpointing on in both (kd's
 # train.activation_checkpointing, run twice: train.recompute layers, recomputing whole layers as
 # transformers does, and auto, which keeps the layers' products where they fit (here: all) and
-# recomputes only norms, rope and attention; transformers' gradient_checkpointing_enable), the same loss
+# recomputes only norms, rope and attention; transformers' gradient_checkpointing_enable, and for
+# reference PyTorch without checkpointing too), the same loss
 # (alpha 0.8, T 2) and AdamW. kd holds the weights as stored (bf16; ~6 GB peak RSS), PyTorch in
 # f32: ~13 GB of weights, and its resident set reaches ~17 GB both while from_pretrained loads and
 # while it trains, so run nothing else large beside it (each run is one process, and only one runs
@@ -102,11 +103,11 @@ print(json.dumps({"impl": "kd", "held": "bf16" if dtype == "auto" else dtype, "t
 PY
 }
 
-torch_run() {  # name batch threads [preload]
-  local name=$1 batch=$2 threads=$3 preload=${4:-}
+torch_run() {  # name batch threads [preload] [checkpointing: on (default in real mode) or off]
+  local name=$1 batch=$2 threads=$3 preload=${4:-} checkpointing=${5:-$([ "$mode" = real ] && echo on || echo off)}
   LD_PRELOAD=$preload python3 Scripts/bench_train_torch.py --teacher "$work/$name-teacher" --student "$work/$name-student" \
     --tokens "$work/$name-tokens.jsonl" --threads "$threads" --steps "$steps" --batch-size "$batch" --r "$lora_r" \
-    $([ "$mode" = real ] && echo --checkpointing) 2>/dev/null \
+    $([ "$checkpointing" = on ] && echo --checkpointing) 2>/dev/null \
     | python3 -c "import json,sys; r=json.loads(sys.stdin.read()); r['impl']='torch' + ('+jemalloc' if '$preload' else ''); print(json.dumps(r))"
 }
 
@@ -139,6 +140,8 @@ for shape in "${shapes[@]}"; do
     fi
     torch_run "$1" "$2" "$threads" | tee -a "$runs"
     [ -n "$jemalloc" ] && torch_run "$1" "$2" "$threads" "$jemalloc" | tee -a "$runs"
+    # For reference, PyTorch recomputing nothing (glibc).
+    [ "$mode" = real ] && torch_run "$1" "$2" "$threads" "" off | tee -a "$runs"
   done
 done
 
@@ -152,12 +155,17 @@ print("| threads | kd s/step, recompute: auto (keeps products) | kd s/step, reco
 print("|---|---|---|---|---|---|---|---|---|")
 for threads in sorted({r["threads"] for r in runs}):
     kd = {r["recompute"]: r for r in runs if r["impl"] == "kd" and r["threads"] == threads}
-    torch = min((r for r in runs if r["impl"].startswith("torch") and r["threads"] == threads), key=lambda r: r["step_s_median"])
+    torch = min((r for r in runs if r["impl"].startswith("torch") and r["threads"] == threads and r["checkpointing"]),
+                key=lambda r: r["step_s_median"])
+    plain = next((r for r in runs if r["impl"] == "torch" and r["threads"] == threads and not r["checkpointing"]), None)
     after_load = f"{torch['peak_rss_after_load_mib']:,} MiB" if torch["peak_rss_after_load_mib"] is not None else "n/a"
     auto, layers = kd["auto"], kd["layers"]
     print(f"| {threads} | {auto['step_s_median']:.1f} | {layers['step_s_median']:.1f} | {torch['step_s_median']:.1f} ({torch['impl']}) "
           f"| {torch['step_s_median'] / auto['step_s_median']:.2f}× | {torch['step_s_median'] / layers['step_s_median']:.2f}× "
           f"| {auto['peak_rss_mib']:,}, {layers['peak_rss_mib']:,} MiB | {torch['peak_rss_mib']:,} MiB | {after_load} |")
+    if plain:
+        print(f"|   | PyTorch without checkpointing: {plain['step_s_median']:.1f} s/step, kd (auto) "
+              f"{plain['step_s_median'] / auto['step_s_median']:.2f}× that, its peak RSS {plain['peak_rss_mib']:,} MiB | | | | | | | |")
 swapped = [r for r in runs if r["swapped_out_pages"]]
 if swapped:
     print(f"\nthe host swapped during {len(swapped)} run(s): " + ", ".join(f"{r['impl']} at {r['threads']} thread(s)" for r in swapped))
