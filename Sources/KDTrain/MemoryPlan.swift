@@ -87,8 +87,8 @@ public struct MemoryPlan: Sendable {
     /// The student layers that keep their products (q, k, v, the middle residual, gate and up)
     /// across a checkpointed forward (`CausalLM.layersKeepingProducts`): none without checkpointing or with
     /// `train.recompute: layers`, all with `attention`, and with `auto` the first layers of each
-    /// device whose products fit its `memory_per_device` and the machine's memory less a fifth
-    /// (shared by the devices of a rank) beside the rest of the plan.
+    /// device whose products fit beside the rest of the plan within 90% of its `memory_per_device`
+    /// and within the machine's memory less a fifth (shared by the devices of a rank).
     public let studentLayersKeepingProducts: Set<Int>
 
     public struct RankUsage: Sendable {
@@ -292,7 +292,11 @@ public struct MemoryPlan: Sendable {
                 case .attention: count = products.count
                 case .auto:
                     var free = machineFree[rank] ?? 0
-                    if let capacity = usage[id].capacityBytes { free = Swift.min(free, Double(capacity - usage[id].totalBytes)) }
+                    // A tenth of the device's budget stays free: a run that fits without the products must not
+                    // come to exceed its budget, where the estimate is a few percent short, by keeping them.
+                    if let capacity = usage[id].capacityBytes {
+                        free = Swift.min(free, 0.9 * Double(capacity) - Double(usage[id].totalBytes))
+                    }
                     count = (0...products.count).last { added($0) <= free } ?? 0
                 }
                 let keptBytes = added(count)

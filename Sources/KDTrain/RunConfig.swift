@@ -307,7 +307,7 @@ extension RunConfig {
         field("train.activation_checkpointing", \.train.activationCheckpointing,
               "Student layers keep only their input in the forward pass and are recomputed before their backward: less memory, one more forward per layer, the same numbers bit for bit."),
         field("train.recompute", \.train.recompute,
-              "With activation checkpointing, what a layer recomputes before its backward: layers (its whole forward), attention (it also keeps its products, q, k, v, the middle residual, gate and up, 2 x intermediate_size + q + 2 kv + hidden floats a token, and recomputes only norms, rope and attention), or auto (attention in as many layers as fit each device's memory_per_device, and this machine's memory less a fifth, beside the rest of kd plan). The same numbers bit for bit."),
+              "With activation checkpointing, what a layer recomputes before its backward: layers (its whole forward), attention (it also keeps its products, q, k, v, the middle residual, gate and up, 2 x intermediate_size + q + 2 kv + hidden floats a token, and recomputes only norms, rope and attention), or auto (attention in as many layers as fit beside the rest of kd plan within 90% of each device's memory_per_device and within this machine's memory less a fifth). The same numbers bit for bit."),
         field("checkpoint.every_steps", \.checkpoint.everySteps, "Write a checkpoint every this many steps (0 = only at the end)."),
         field("checkpoint.keep_last", \.checkpoint.keepLast, "Checkpoints kept; older ones are deleted."),
         field("checkpoint.save_merged", \.checkpoint.saveMerged, "Also write the merged model into final_model/."),

@@ -34,7 +34,9 @@ struct Plan: KDCommand {
             let layers = device.layers.sorted { $0.key > $1.key }.compactMap { role, layers in
                 layers.isEmpty ? nil : "\(role) layers \(layers.first!)-\(layers.last!)"
             }
-            let what = (layers + device.holds).joined(separator: ", ")
+            let kept = device.layersKeepingProducts
+            let products = kept.isEmpty ? [] : ["recomputing only attention in layers \(kept.first!)-\(kept.last!)"]
+            let what = (layers + device.holds + products).joined(separator: ", ")
             let held = device.heldDTypes.isEmpty ? "" : " " + device.heldDTypes.sorted().joined(separator: "+")
             Console.info(String(format: "device %d  %-20@ %@ of %@%@  %@", device.id, device.role + held,
                                 formatBytes(device.totalBytes), budget, device.fits ? "" : "  OVER BUDGET",
