@@ -100,6 +100,35 @@ import KDCore
 }
 
 extension MemoryPlanMeasuredTests {
+    /// `train.recompute: auto` under a budget with room for one and a half layers' products: kd
+    /// plan keeps both layers' (the last layer's are part of what its backward holds anyway, so
+    /// two cost one), and kd train runs within the budget (the allocator would refuse to exceed it)
+    /// at a peak within 10% of the plan; with room for half a layer's, it keeps none.
+    @Test func autoKeepsProductsWithinTheBudget() throws {
+        let dir = KDProcess.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let run = try Self.makeRun(dir, moe: false)
+        let layers = KDProcess.json(try KDProcess.run(["plan"] + run + ["--set", "train.recompute=layers"]).stdout)
+        let total = try #require((layers["devices"] as? [[String: Any]])?[1]["total_bytes"] as? Int)
+        // A layer's products a token: q 256, k and v 2·128, the middle residual 256, gate and up 2·512.
+        let perToken = 256 + 2 * 128 + 256 + 2 * 512
+        let products = Double(Self.rows * Self.sequence * 4 * perToken)
+        func budget(_ room: Double) -> [String] {
+            run + ["--set", "devices.memory_per_device=\(Int((Double(total) + room * products) / 0.9))"]
+        }
+        func kept(_ room: Double) throws -> [Int]? {
+            let planned = KDProcess.json(try KDProcess.run(["plan"] + budget(room)).stdout)
+            return (planned["devices"] as? [[String: Any]])?[1]["layers_keeping_products"] as? [Int]
+        }
+        #expect(try kept(0.5) == [])
+        #expect(try kept(1.5) == [0, 1])
+        let capacity = Int((Double(total) + 1.5 * products) / 0.9)
+        let (plan, measured) = try Self.planAndMeasure(budget(1.5))
+        print("auto within \(capacity) bytes: device 1 plan \(plan[1]) measured \(measured[1])")
+        #expect(measured[1] <= capacity && abs(plan[1] - measured[1]) * 10 <= measured[1])
+    }
+
+
     /// Trained from a teacher cache (K = 64), only the student's device holds anything, and the
     /// plan (which then places the student alone, its loss chunk beside its own logits) is within
     /// 10% of its measured peak too.
