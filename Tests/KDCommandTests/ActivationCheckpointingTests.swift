@@ -207,7 +207,7 @@ import KDCore
     /// `train.recompute: auto` keeps the products of the first layers whose products fit beside the
     /// rest of the plan within 90% of the device's memory_per_device: with room for three layers'
     /// products, layers 0-2.
-    @Test func autoKeepsGateUpWhereTheBudgetAllows() throws {
+    @Test func autoKeepsProductsWhereTheBudgetAllows() throws {
         let dir = KDProcess.temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let run = try Self.longRun(dir)
