@@ -91,7 +91,8 @@ public final class ModelPart: AdaptedModel {
     }
 
     /// What a checkpointed training forward keeps for `backward` (the context and each layer's
-    /// input, and gate and up where it keeps them), set aside while the part runs the next micro-batches' forwards (a pipeline stage).
+    /// input, and its products where it keeps them), set aside while the part runs the next
+    /// micro-batches' forwards (a pipeline stage).
     public struct PendingBackward {
         let context: ForwardContext
         let kept: [DecoderLayer.Kept]

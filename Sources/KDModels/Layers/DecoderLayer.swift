@@ -85,23 +85,19 @@ public final class DecoderLayer {
     private func compute(_ x: Tensor, context: ForwardContext, pass: Pass) throws -> (Activations, Products?) {
         let training = pass != .inference, keepAll = pass == .recompute || (pass == .training && keep == .all)
         let keepProducts = pass == .training && keep == .inputAndProducts
-        let rows = context.rows, hidden = x.shape[1]
+        let rows = context.rows
         let input = training ? try x.clone() : x
-        let inputInverseRMS = try Tensor(uninitializedShape: [rows], on: device)
         let normed = try Tensor(uninitializedShape: x.shape, on: device)
-        Kernels.rmsNorm(x.data, weight: inputNorm.data, rows: rows, cols: hidden, eps: eps, into: normed.data,
-                        inverseRMS: inputInverseRMS.data)
+        let inputInverseRMS = try norm(x, inputNorm, rows: rows, into: normed)
         let attended = try attention.forward(normed, context: context, training: training)
         var projections: Attention.Projections?
         if keepProducts { projections = attention.takeProjections() } else if training && !keepAll { attention.clearSaved() }
         Kernels.add(attended.data, into: x.data, count: x.count)
         // Kept, `x` goes on to the output in place unless this is the recompute, which stops here.
         let middle = (keepAll && pass != .recompute) || keepProducts ? try x.clone() : x
-        let middleInverseRMS = try Tensor(uninitializedShape: [rows], on: device)
         // Kept, the adapters keep `normed`, so the second norm needs its own buffer.
         let normed2 = keepAll ? try Tensor(uninitializedShape: x.shape, on: device) : normed
-        Kernels.rmsNorm(x.data, weight: postAttentionNorm.data, rows: rows, cols: hidden, eps: eps, into: normed2.data,
-                        inverseRMS: middleInverseRMS.data)
+        let middleInverseRMS = try norm(x, postAttentionNorm, rows: rows, into: normed2)
         let activations = Activations(input: input, inputInverseRMS: inputInverseRMS, middle: middle,
                                       middleInverseRMS: middleInverseRMS)
         if pass == .recompute {
@@ -119,19 +115,23 @@ public final class DecoderLayer {
         return (activations, products)
     }
 
+    /// RMSNorm of `x` [rows, hidden] with `weight` into `normed`; returns each row's 1/rms.
+    private func norm(_ x: Tensor, _ weight: Tensor, rows: Int, into normed: Tensor) throws -> Tensor {
+        let inverseRMS = try Tensor(uninitializedShape: [rows], on: device)
+        Kernels.rmsNorm(x.data, weight: weight.data, rows: rows, cols: x.shape[1], eps: eps, into: normed.data,
+                        inverseRMS: inverseRMS.data)
+        return inverseRMS
+    }
+
     /// The recompute of a layer that kept its products: from its input and middle residual, the
     /// norms, and each block's `prepareBackward` over them, forming no product but the adapters' A·x̃.
     private func recompute(_ input: Tensor, products: Products, context: ForwardContext) throws -> Activations {
-        let rows = context.rows, hidden = input.shape[1]
-        let inputInverseRMS = try Tensor(uninitializedShape: [rows], on: device)
+        let rows = context.rows
         let normed = try Tensor(uninitializedShape: input.shape, on: device)
-        Kernels.rmsNorm(input.data, weight: inputNorm.data, rows: rows, cols: hidden, eps: eps, into: normed.data,
-                        inverseRMS: inputInverseRMS.data)
+        let inputInverseRMS = try norm(input, inputNorm, rows: rows, into: normed)
         try attention.prepareBackward(normed, context: context, projections: products.projections)
-        let middleInverseRMS = try Tensor(uninitializedShape: [rows], on: device)
         let normed2 = try Tensor(uninitializedShape: input.shape, on: device)
-        Kernels.rmsNorm(products.middle.data, weight: postAttentionNorm.data, rows: rows, cols: hidden, eps: eps,
-                        into: normed2.data, inverseRMS: middleInverseRMS.data)
+        let middleInverseRMS = try norm(products.middle, postAttentionNorm, rows: rows, into: normed2)
         try feedForward.prepareBackward(normed2, rows: rows, gateUp: products.gateUp)
         return Activations(input: input, inputInverseRMS: inputInverseRMS, middle: products.middle,
                            middleInverseRMS: middleInverseRMS)

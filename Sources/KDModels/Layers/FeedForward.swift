@@ -107,8 +107,9 @@ public final class MLP {
     }
 
     public func backward(_ dOut: Tensor, rows: Int) throws -> Tensor {
-        guard let (gate, up) = saved.map({ ($0.gate, $0.up) }) else { throw KDError("MLP backward without a training forward pass") }
+        guard let kept = saved else { throw KDError("MLP backward without a training forward pass") }
         saved = nil
+        let (gate, up) = (kept.gate, kept.up)
         let dActivation = try Tensor(uninitializedShape: gate.shape, on: gate.device)
         try downProj.backward(dOut, rows: rows, into: dActivation, accumulate: false)
         Kernels.swigluBackward(dActivation.data, gate: gate.data, up: up.data, count: gate.count)
